@@ -1,0 +1,190 @@
+"""The models and optimisers of DreamerV3-JEPA and one gradient step on a batch.
+
+Everything DreamerV3 does comes from SheepRL by import (`world_model_loss`, `behaviour_learning`, `update`): the
+only change is the world-model step, whose loss gains `jepa_coef · L_jepa` and which updates the EMA target after
+its optimiser step. With `jepa_coef: 0` no JEPA module exists and the step is SheepRL's.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Optional, Sequence, Tuple
+
+import gymnasium as gym
+import hydra
+import torch
+from lightning.fabric import Fabric
+from sheeprl.algos.dreamer_v3.agent import PlayerDV3, build_agent
+from sheeprl.algos.dreamer_v3.dreamer_v3 import behaviour_learning, world_model_loss, world_model_loss_kwargs
+from sheeprl.algos.dreamer_v3.utils import Moments
+from sheeprl.utils.compile import compiled, mark_gradient_step
+from sheeprl.utils.fabric import autocast_cache_scope, update
+from sheeprl.utils.metric import MetricAggregator
+from torch import Tensor
+
+from jepa_dreamer.jepa import JEPAHeads, jepa_loss
+
+
+def _grad_norm(loss: Tensor, params: Sequence[Tensor]) -> Tensor:
+    grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+    return torch.linalg.vector_norm(torch.stack([g.float().norm() for g in grads if g is not None]))
+
+
+class Learner:
+    """World model, actor, critic, target critic, their optimisers, the return normaliser and the JEPA heads."""
+
+    def __init__(
+        self,
+        fabric: Fabric,
+        cfg: Dict[str, Any],
+        observation_space: gym.spaces.Dict,
+        actions_dim: Sequence[int],
+        is_continuous: bool,
+        state: Optional[Dict[str, Any]] = None,
+    ) -> None:
+        self.fabric = fabric
+        self.cfg = cfg
+        self.actions_dim = tuple(int(d) for d in actions_dim)
+        self.is_continuous = is_continuous
+        self.jepa_coef = float(cfg.algo.jepa_coef)
+        self.jepa_ema = float(cfg.algo.jepa_ema)
+        self.wm_kwargs = world_model_loss_kwargs(cfg)
+        state = state or {}
+        self.world_model, self.actor, self.critic, self.target_critic, self.player = build_agent(
+            fabric,
+            actions_dim,
+            is_continuous,
+            cfg,
+            observation_space,
+            state.get("world_model"),
+            state.get("actor"),
+            state.get("critic"),
+            state.get("target_critic"),
+        )
+        self.player: PlayerDV3
+        self.heads: Optional[JEPAHeads] = None
+        world_params = list(self.world_model.parameters())
+        if self.jepa_coef > 0:
+            self.heads = JEPAHeads(
+                self.world_model.encoder.module,
+                embed_dim=self.world_model.encoder.module.output_dim,
+                recurrent_size=cfg.algo.world_model.recurrent_model.recurrent_state_size,
+                hidden=int(cfg.algo.jepa_hidden),
+                proj_dim=int(cfg.algo.jepa_proj_dim),
+            ).to(fabric.device)
+            if state.get("jepa") is not None:
+                self.heads.load_state_dict(state["jepa"])
+            world_params += self.heads.online_parameters()
+        optimizers = [
+            hydra.utils.instantiate(cfg.algo.world_model.optimizer, params=world_params, _convert_="all"),
+            hydra.utils.instantiate(cfg.algo.actor.optimizer, params=self.actor.parameters(), _convert_="all"),
+            hydra.utils.instantiate(cfg.algo.critic.optimizer, params=self.critic.parameters(), _convert_="all"),
+        ]
+        for opt, key in zip(optimizers, ("world_optimizer", "actor_optimizer", "critic_optimizer")):
+            if key in state:
+                opt.load_state_dict(state[key])
+        self.world_optimizer, self.actor_optimizer, self.critic_optimizer = fabric.setup_optimizers(*optimizers)
+        moments_cfg = cfg.algo.actor.moments
+        self.moments = Moments(
+            moments_cfg.decay, moments_cfg.max, moments_cfg.percentile.low, moments_cfg.percentile.high
+        )
+        if "moments" in state:
+            self.moments.load_state_dict(state["moments"])
+        self.gradient_steps = int(state.get("per_rank_gradient_steps", 0))
+
+    def world_model_step(self, data: Dict[str, Tensor], measure_ratio: bool) -> Tuple[Tensor, Tensor, Dict[str, Tensor]]:
+        """One optimiser step of the world model (and of the JEPA heads), then the EMA update of the target.
+
+        Args:
+            measure_ratio: also measure the norm of the encoder's gradient from `jepa_coef · L_jepa` over the one from
+                the DreamerV3 loss (two extra backward passes, so only now and then).
+        """
+        cfg, fabric = self.cfg, self.fabric
+        # Every sequence starts an episode: the world model starts from its initial state
+        data["is_first"][0, :] = 1.0
+        mark_gradient_step(fabric, cfg)
+        with autocast_cache_scope(fabric):
+            dv3_loss, posteriors, recurrent_states, metrics = compiled(world_model_loss, fabric, cfg)(
+                self.world_model, data, **self.wm_kwargs, entropies=not MetricAggregator.disabled
+            )
+            loss = dv3_loss
+            if self.heads is not None:
+                obs = {k: data[k] / 255.0 - 0.5 for k in self.wm_kwargs["cnn_keys"]}
+                obs.update({k: data[k] for k in self.wm_kwargs["mlp_keys"]})
+                with fabric.autocast():
+                    jepa, jepa_metrics = compiled(jepa_loss, fabric, cfg)(
+                        self.world_model.encoder,
+                        self.heads,
+                        obs,
+                        recurrent_states,
+                        cnn_keys=self.wm_kwargs["cnn_keys"],
+                        mlp_keys=self.wm_kwargs["mlp_keys"],
+                        erase_frac=float(cfg.algo.jepa_mask.erase_frac),
+                        vec_dropout=float(cfg.algo.jepa_mask.vec_dropout),
+                    )
+                loss = dv3_loss + self.jepa_coef * jepa
+                metrics.update(jepa_metrics)
+                if measure_ratio:
+                    encoder_params = list(self.world_model.encoder.parameters())
+                    metrics["Grads/encoder_jepa_over_recon"] = (
+                        _grad_norm(self.jepa_coef * jepa, encoder_params) / _grad_norm(dv3_loss, encoder_params)
+                    ).detach()
+        grads = update(fabric, loss, self.world_optimizer, cfg.algo.world_model.clip_gradients, error_if_nonfinite=False)
+        if grads is not None:
+            metrics["Grads/world_model"] = grads.mean().detach()
+        if self.heads is not None:
+            self.heads.update_ema(self.world_model.encoder.module, self.jepa_ema)
+        return posteriors, recurrent_states, metrics
+
+    def _update_target_critic(self) -> None:
+        if self.gradient_steps % self.cfg.algo.critic.per_rank_target_network_update_freq == 0:
+            tau = 1.0 if self.gradient_steps == 0 else float(self.cfg.algo.critic.tau)
+            with torch.no_grad():
+                torch._foreach_lerp_(list(self.target_critic.parameters()), list(self.critic.parameters()), tau)
+
+    def train_step(self, data: Dict[str, Tensor], aggregator: Optional[MetricAggregator], measure_ratio: bool) -> None:
+        """One gradient step of DreamerV3-JEPA: target critic, world model (+ JEPA), then actor and critic."""
+        self._update_target_critic()
+        posteriors, recurrent_states, metrics = self.world_model_step(data, measure_ratio)
+        behaviour = behaviour_learning(
+            self.fabric,
+            self.cfg,
+            self.world_model,
+            self.actor,
+            self.critic,
+            self.target_critic,
+            self.actor_optimizer,
+            self.critic_optimizer,
+            self.moments,
+            posteriors,
+            recurrent_states,
+            data["terminated"],
+            self.is_continuous,
+            self.actions_dim,
+        )
+        if aggregator is not None and not aggregator.disabled:
+            metrics["Loss/policy_loss"] = behaviour["policy_loss"]
+            metrics["Loss/value_loss"] = behaviour["value_loss"]
+            if "actor_grads" in behaviour:
+                metrics["Grads/actor"] = behaviour["actor_grads"]
+            if "critic_grads" in behaviour:
+                metrics["Grads/critic"] = behaviour["critic_grads"]
+            for name, value in metrics.items():
+                aggregator.update(name, value)
+        for opt in (self.world_optimizer, self.actor_optimizer, self.critic_optimizer):
+            opt.zero_grad(set_to_none=True)
+        self.gradient_steps += 1
+
+    def state_dict(self) -> Dict[str, Any]:
+        """The learner's part of a checkpoint (the loop adds counters and the replay buffer)."""
+        return {
+            "world_model": self.world_model.state_dict(),
+            "actor": self.actor.state_dict(),
+            "critic": self.critic.state_dict(),
+            "target_critic": self.target_critic.state_dict(),
+            "world_optimizer": self.world_optimizer.state_dict(),
+            "actor_optimizer": self.actor_optimizer.state_dict(),
+            "critic_optimizer": self.critic_optimizer.state_dict(),
+            "moments": self.moments.state_dict(),
+            "jepa": self.heads.state_dict() if self.heads is not None else None,
+            "per_rank_gradient_steps": self.gradient_steps,
+        }

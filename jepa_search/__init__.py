@@ -1,0 +1,1 @@
+"""The Optuna search over the JEPA hyperparameters of DreamerV3-JEPA."""
