@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 import gymnasium as gym
 import hydra
@@ -40,7 +40,7 @@ class TrainResult:
     log_dir: str
     policy_steps: int = 0
     gradient_steps: int = 0
-    evaluations: List[EvalResult] = field(default_factory=list)
+    evaluations: list[EvalResult] = field(default_factory=list)
     stopped_early: bool = False
     seconds: float = 0.0
 
@@ -48,15 +48,13 @@ class TrainResult:
 def _one_hot_actions(actions: np.ndarray, actions_dim: tuple[int, ...], n_envs: int) -> np.ndarray:
     """Sampled discrete actions (one column per action dimension) as the concatenated one-hots the buffer stores."""
     per_dim = actions.reshape(n_envs, len(actions_dim)).T
-    return np.concatenate(
-        [F.one_hot(torch.as_tensor(a), d).numpy() for a, d in zip(per_dim, actions_dim)], axis=-1
-    )
+    return np.concatenate([F.one_hot(torch.as_tensor(a), d).numpy() for a, d in zip(per_dim, actions_dim)], axis=-1)
 
 
 class EnvLoop:
     """The training environments and the transition being assembled for the replay buffer."""
 
-    def __init__(self, fabric: Fabric, cfg: Dict[str, Any], log_dir: str) -> None:
+    def __init__(self, fabric: Fabric, cfg: dict[str, Any], log_dir: str) -> None:
         self.cfg = cfg
         self.fabric = fabric
         self.n_envs = int(cfg.env.num_envs)
@@ -77,14 +75,16 @@ class EnvLoop:
         else:
             self.actions_dim = (int(space.n),)
         self.obs_keys = list(cfg.algo.cnn_keys.encoder) + list(cfg.algo.mlp_keys.encoder)
-        self.obs: Dict[str, np.ndarray] = {}
-        self.step_data: Dict[str, np.ndarray] = {}
+        self.obs: dict[str, np.ndarray] = {}
+        self.step_data: dict[str, np.ndarray] = {}
 
     def reset(self) -> None:
         self.obs = self.envs.reset(seed=self.cfg.seed + self.fabric.global_rank * self.n_envs)[0]
         zeros = np.zeros((1, self.n_envs, 1))
         self.step_data = {k: self.obs[k][np.newaxis] for k in self.obs_keys}
-        self.step_data.update(rewards=zeros.copy(), truncated=zeros.copy(), terminated=zeros.copy(), is_first=np.ones_like(zeros))
+        self.step_data.update(
+            rewards=zeros.copy(), truncated=zeros.copy(), terminated=zeros.copy(), is_first=np.ones_like(zeros)
+        )
 
     def actions(self, player: Any, random: bool) -> tuple[np.ndarray, np.ndarray]:
         """(what the buffer stores, what the environments receive): random before learning starts, else the
@@ -107,7 +107,9 @@ class EnvLoop:
         stored, env_actions = self.actions(player, random)
         self.step_data["actions"] = stored.reshape((1, self.n_envs, -1))
         rb.add(self.step_data, validate_args=self.cfg.buffer.validate_args)
-        next_obs, rewards, terminated, truncated, infos = self.envs.step(env_actions.reshape(self.envs.action_space.shape))
+        next_obs, rewards, terminated, truncated, infos = self.envs.step(
+            env_actions.reshape(self.envs.action_space.shape)
+        )
         for _, ep_return, ep_length in get_episode_stats(infos):
             if aggregator is not None and not aggregator.disabled:
                 aggregator.update("Rewards/rew_avg", ep_return)
@@ -140,7 +142,9 @@ class EnvLoop:
         self.envs.close()
 
 
-def _replay_buffer(fabric: Fabric, cfg: Dict[str, Any], log_dir: str, state: Dict[str, Any]) -> EnvIndependentReplayBuffer:
+def _replay_buffer(
+    fabric: Fabric, cfg: dict[str, Any], log_dir: str, state: dict[str, Any]
+) -> EnvIndependentReplayBuffer:
     if state.get("rb") is not None and cfg.buffer.checkpoint:
         rb = state["rb"]
         return rb if isinstance(rb, EnvIndependentReplayBuffer) else rb[fabric.global_rank]
@@ -172,14 +176,14 @@ def _log_evaluation(fabric: Fabric, result: EvalResult) -> None:
         )
 
 
-def train(fabric: Fabric, cfg: Dict[str, Any], hook: Optional[EvalHook] = None) -> TrainResult:
+def train(fabric: Fabric, cfg: dict[str, Any], hook: EvalHook | None = None) -> TrainResult:
     """Trains DreamerV3-JEPA as configured; after every evaluation, `hook(result)` returning True stops the run.
 
     Environments, logger files and the evaluator are closed on every exit, also when the hook stops the run or a
     step raises, so that the next run in the same process starts clean.
     """
     started = time.perf_counter()
-    state: Dict[str, Any] = {}
+    state: dict[str, Any] = {}
     if cfg.checkpoint.resume_from:
         state = fs.load_checkpoint(fabric, cfg.checkpoint.resume_from, weights_only=False)
     cfg.env.frame_stack = -1
@@ -192,7 +196,7 @@ def train(fabric: Fabric, cfg: Dict[str, Any], hook: Optional[EvalHook] = None) 
     log_dir = get_log_dir(fabric, cfg.root_dir, cfg.run_name, log_root=cfg.log_root)
     result = TrainResult(log_dir=log_dir)
     env_loop = EnvLoop(fabric, cfg, log_dir)
-    evaluator: Optional[Evaluator] = None
+    evaluator: Evaluator | None = None
     try:
         learner = Learner(
             fabric, cfg, env_loop.envs.single_observation_space, env_loop.actions_dim, env_loop.is_continuous, state
@@ -287,8 +291,8 @@ def train(fabric: Fabric, cfg: Dict[str, Any], hook: Optional[EvalHook] = None) 
 
 
 @register_algorithm()
-def main(fabric: Fabric, cfg: Dict[str, Any]) -> None:
+def main(fabric: Fabric, cfg: dict[str, Any]) -> None:
     """The entry point of `sheeprl exp=dreamer_v3_jepa ...`: trains, logging the periodic evaluations."""
     if cfg.algo.get("run_test"):
-        warnings.warn("algo.run_test is ignored by dreamer_v3_jepa: its own evaluator runs at the end")
+        warnings.warn("algo.run_test is ignored by dreamer_v3_jepa: its own evaluator runs at the end", stacklevel=2)
     train(fabric, cfg)

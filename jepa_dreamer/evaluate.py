@@ -9,8 +9,9 @@ random stream is the same whether or not evaluations happen.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Dict, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -49,11 +50,11 @@ class EvalResult:
     def max(self) -> float:
         return float(np.max(self.returns))
 
-    def as_dict(self) -> Dict[str, Any]:
+    def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "mean": self.mean, "std": self.std, "min": self.min, "max": self.max}
 
     @classmethod
-    def from_dict(cls, d: Dict[str, Any]) -> EvalResult:
+    def from_dict(cls, d: dict[str, Any]) -> EvalResult:
         """The inverse of `as_dict` (checkpoints hold plain dicts: Fabric refuses frozen dataclasses)."""
         return cls(d["index"], d["policy_step"], tuple(d["returns"]), tuple(d["lengths"]), d["seconds"])
 
@@ -74,7 +75,7 @@ class Evaluator:
     def __init__(
         self,
         fabric: Fabric,
-        cfg: Dict[str, Any],
+        cfg: dict[str, Any],
         player: PlayerDV3,
         actions_dim: Sequence[int],
         is_continuous: bool,
@@ -101,7 +102,7 @@ class Evaluator:
             discrete_size=cfg.algo.world_model.discrete_size,
         )
 
-    def _env_actions(self, obs: Dict[str, np.ndarray]) -> np.ndarray:
+    def _env_actions(self, obs: dict[str, np.ndarray]) -> np.ndarray:
         torch_obs = prepare_obs(self.fabric, obs, cnn_keys=self.cfg.algo.cnn_keys.encoder, num_envs=self.n_envs)
         actions = self.player.get_actions(torch_obs, greedy=True)
         if self.is_continuous:

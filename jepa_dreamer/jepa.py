@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Dict, Sequence, Tuple
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -19,29 +19,35 @@ MAX_RECTANGLES = 4
 
 
 def _column_masks(n: int, height: int, width: int, erase_frac: float, device: torch.device) -> Tensor:
-    """`n` masks of shape (height, width): the columns are cut into 1-4 segments and each segment holds one
-    rectangle of the full segment width and `round(erase_frac * height)` rows at a random offset. The rectangles
-    never overlap, so every mask erases exactly that many rows' worth of area, whatever the number of rectangles."""
-    rows = min(height, round(erase_frac * height))
+    """`n` masks of shape (height, width), each made of 1-4 non-overlapping rectangles.
+
+    A random span of `s·width` columns (s uniform in [erase_frac, 1]) is cut into 1-4 segments; each segment holds
+    one rectangle as wide as the segment and `round(erase_frac·height/s)` rows tall, at a random vertical offset.
+    The rectangles never overlap, so the erased area is `erase_frac` of the image up to the rounding of the rows
+    (at most half a row), whatever the number, widths and positions of the rectangles.
+    """
+    span = (torch.empty(n, 1, device=device).uniform_(erase_frac, 1.0) * width).round().clamp(1, width)
+    rows = (erase_frac * height * width / span).round().clamp(max=height)
+    left = (torch.rand(n, 1, device=device) * (width - span + 1)).floor()
     n_rect = torch.randint(1, MAX_RECTANGLES + 1, (n, 1), device=device)
-    cuts = torch.sort(torch.rand(n, MAX_RECTANGLES - 1, device=device) * width, dim=1).values
-    # Cuts past the sample's number of rectangles move to the right edge: their segments are empty
+    cuts = left + torch.sort(torch.rand(n, MAX_RECTANGLES - 1, device=device), dim=1).values * span
+    # Cuts past the sample's number of rectangles move to the span's right end: their segments are empty
     unused = torch.arange(1, MAX_RECTANGLES, device=device)[None, :] >= n_rect
-    cuts = torch.where(unused, torch.full_like(cuts, float(width)), cuts)
-    columns = torch.arange(width, device=device, dtype=cuts.dtype)
-    segment = (columns[None, None, :] >= cuts[:, :, None]).sum(1)  # (n, width), values in [0, MAX_RECTANGLES)
-    tops = torch.randint(0, height - rows + 1, (n, MAX_RECTANGLES), device=device)
+    cuts = torch.where(unused, left + span, cuts)
+    columns = torch.arange(width, device=device, dtype=cuts.dtype)[None, :]
+    inside = (columns >= left) & (columns < left + span)  # (n, width)
+    segment = (columns[:, None, :] >= cuts[:, :, None]).sum(1)  # (n, width), values in [0, MAX_RECTANGLES)
+    tops = (torch.rand(n, MAX_RECTANGLES, device=device) * (height - rows + 1)).floor()
     top = torch.gather(tops, 1, segment)[:, None, :]  # (n, 1, width)
-    ys = torch.arange(height, device=device)[None, :, None]
-    return (ys >= top) & (ys < top + rows)
+    ys = torch.arange(height, device=device, dtype=top.dtype)[None, :, None]
+    return (ys >= top) & (ys < top + rows[:, :, None]) & inside[:, None, :]
 
 
 def erase_masks(shape: Sequence[int], height: int, width: int, erase_frac: float, device: torch.device) -> Tensor:
     """Boolean masks (True = erased) of shape (*shape, height, width), drawn independently per element of `shape`.
 
     Half of the masks cut the columns and half the rows (the transposed construction), so the rectangles lie in
-    both orientations. The erased area is `round(erase_frac * side) / side` of the image, `side` being the height for
-    column masks and the width for row masks: within one row or column of `erase_frac`.
+    both orientations. The erased area is `erase_frac` of the image within half a row (or column) of pixels.
     """
     n = int(math.prod(shape))
     if erase_frac <= 0:
@@ -53,8 +59,8 @@ def erase_masks(shape: Sequence[int], height: int, width: int, erase_frac: float
 
 
 def context_view(
-    obs: Dict[str, Tensor], cnn_keys: Sequence[str], mlp_keys: Sequence[str], erase_frac: float, vec_dropout: float
-) -> Dict[str, Tensor]:
+    obs: dict[str, Tensor], cnn_keys: Sequence[str], mlp_keys: Sequence[str], erase_frac: float, vec_dropout: float
+) -> dict[str, Tensor]:
     """The masked context x~ of normalised observations of shape (T, B, ...): every image loses `erase_frac` of its
     area (erased pixels = 0, every channel), every vector entry is zeroed with probability `vec_dropout`. Vectors are
     zeroed without the 1/(1-p) rescaling of `F.dropout`: like erased pixels, a dropped entry reads as absent."""
@@ -96,7 +102,10 @@ class JEPAHeads(nn.Module):
     @torch.no_grad()
     def update_ema(self, encoder: nn.Module, decay: float) -> None:
         """θ_ema ← decay·θ_ema + (1 − decay)·θ for the encoder and the projector, as one fused kernel per group."""
-        pairs: list[Tuple[nn.Module, nn.Module]] = [(self.target_encoder, encoder), (self.target_projector, self.projector)]
+        pairs: list[tuple[nn.Module, nn.Module]] = [
+            (self.target_encoder, encoder),
+            (self.target_projector, self.projector),
+        ]
         for target, online in pairs:
             targets = list(target.parameters())
             onlines = list(online.parameters())
@@ -108,14 +117,14 @@ class JEPAHeads(nn.Module):
 def jepa_loss(
     encoder: nn.Module,
     heads: JEPAHeads,
-    obs: Dict[str, Tensor],
+    obs: dict[str, Tensor],
     recurrent_states: Tensor,
     *,
     cnn_keys: Sequence[str],
     mlp_keys: Sequence[str],
     erase_frac: float,
     vec_dropout: float,
-) -> Tuple[Tensor, Dict[str, Tensor]]:
+) -> tuple[Tensor, dict[str, Tensor]]:
     """L_jepa = mean over (t, b) of √proj_dim · (2 − 2·cos(p_t, z*_t)) (DESIGN.md explains the √proj_dim scale).
 
     Args:

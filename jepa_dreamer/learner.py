@@ -7,7 +7,8 @@ its optimiser step. With `jepa_coef: 0` no JEPA module exists and the step is Sh
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Sequence, Tuple
+from collections.abc import Sequence
+from typing import Any
 
 import gymnasium as gym
 import hydra
@@ -35,11 +36,11 @@ class Learner:
     def __init__(
         self,
         fabric: Fabric,
-        cfg: Dict[str, Any],
+        cfg: dict[str, Any],
         observation_space: gym.spaces.Dict,
         actions_dim: Sequence[int],
         is_continuous: bool,
-        state: Optional[Dict[str, Any]] = None,
+        state: dict[str, Any] | None = None,
     ) -> None:
         self.fabric = fabric
         self.cfg = cfg
@@ -61,7 +62,7 @@ class Learner:
             state.get("target_critic"),
         )
         self.player: PlayerDV3
-        self.heads: Optional[JEPAHeads] = None
+        self.heads: JEPAHeads | None = None
         world_params = list(self.world_model.parameters())
         if self.jepa_coef > 0:
             self.heads = JEPAHeads(
@@ -91,7 +92,9 @@ class Learner:
             self.moments.load_state_dict(state["moments"])
         self.gradient_steps = int(state.get("per_rank_gradient_steps", 0))
 
-    def world_model_step(self, data: Dict[str, Tensor], measure_ratio: bool) -> Tuple[Tensor, Tensor, Dict[str, Tensor]]:
+    def world_model_step(
+        self, data: dict[str, Tensor], measure_ratio: bool
+    ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         """One optimiser step of the world model (and of the JEPA heads), then the EMA update of the target.
 
         Args:
@@ -128,7 +131,9 @@ class Learner:
                     metrics["Grads/encoder_jepa_over_recon"] = (
                         _grad_norm(self.jepa_coef * jepa, encoder_params) / _grad_norm(dv3_loss, encoder_params)
                     ).detach()
-        grads = update(fabric, loss, self.world_optimizer, cfg.algo.world_model.clip_gradients, error_if_nonfinite=False)
+        grads = update(
+            fabric, loss, self.world_optimizer, cfg.algo.world_model.clip_gradients, error_if_nonfinite=False
+        )
         if grads is not None:
             metrics["Grads/world_model"] = grads.mean().detach()
         if self.heads is not None:
@@ -141,7 +146,7 @@ class Learner:
             with torch.no_grad():
                 torch._foreach_lerp_(list(self.target_critic.parameters()), list(self.critic.parameters()), tau)
 
-    def train_step(self, data: Dict[str, Tensor], aggregator: Optional[MetricAggregator], measure_ratio: bool) -> None:
+    def train_step(self, data: dict[str, Tensor], aggregator: MetricAggregator | None, measure_ratio: bool) -> None:
         """One gradient step of DreamerV3-JEPA: target critic, world model (+ JEPA), then actor and critic."""
         self._update_target_critic()
         posteriors, recurrent_states, metrics = self.world_model_step(data, measure_ratio)
@@ -174,7 +179,7 @@ class Learner:
             opt.zero_grad(set_to_none=True)
         self.gradient_steps += 1
 
-    def state_dict(self) -> Dict[str, Any]:
+    def state_dict(self) -> dict[str, Any]:
         """The learner's part of a checkpoint (the loop adds counters and the replay buffer)."""
         return {
             "world_model": self.world_model.state_dict(),

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Sets up everything on a fresh Debian machine: the EGL libraries MuJoCo renders with, a virtual environment
+# (.venv) with the pinned requirements, and this project installed in it (packages + Hydra plugin).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+missing=()
+ldconfig -p | grep -q 'libEGL.so.1' || missing+=(libegl1 libegl-mesa0 libgl1-mesa-dri)
+ldconfig -p | grep -q 'libOpenGL.so.0' || missing+=(libopengl0)
+ldconfig -p | grep -q 'libGL.so.1' || missing+=(libgl1)
+if [ ${#missing[@]} -gt 0 ]; then
+  SUDO=$([ "$(id -u)" -eq 0 ] && echo "" || echo sudo)
+  $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q -r requirements_search.txt
+# compat mode puts the project folder on sys.path, which Hydra needs to find the plugin in the hydra_plugins
+# namespace package (the default editable mode hides it behind an import hook)
+.venv/bin/python -m pip install -q --no-deps -e . --config-settings editable_mode=compat 2>/dev/null
