@@ -2,21 +2,17 @@
 
 import copy
 
-import gymnasium as gym
-import numpy as np
 import pytest
 import torch
 from lightning.fabric import Fabric
-from omegaconf import OmegaConf
 from sheeprl.algos.dreamer_v3.dreamer_v3 import world_model_learning, world_model_loss
 from sheeprl.utils.utils import dotdict
 
 from jepa_dreamer.jepa import JEPAHeads, context_view, erase_masks, jepa_loss
 from jepa_dreamer.learner import Learner
-from jepa_dreamer.runner import compose_config
+from tests.helpers import ACTIONS, OBS_SPACE, resolved_cfg
 
-T, B, ACTIONS = 6, 3, 6
-OBS_SPACE = gym.spaces.Dict({"rgb": gym.spaces.Box(0, 255, (3, 64, 64), np.uint8)})
+T, B = 6, 3
 
 
 @pytest.mark.parametrize("height,width", [(64, 64), (32, 48), (84, 84), (16, 128)])
@@ -84,13 +80,6 @@ def test_ema_update_is_the_convex_combination():
         torch.testing.assert_close(t, 0.5 * b + 0.5 * o)
 
 
-def _cfg(*overrides: str) -> dotdict:
-    from tests.conftest import TINY_RUN
-
-    cfg = compose_config([*TINY_RUN, "env.wrapper.from_vectors=False", *overrides])
-    return dotdict(OmegaConf.to_container(cfg, resolve=True))
-
-
 def _batch(seed: int = 0) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     return {
@@ -110,7 +99,7 @@ def _learner(cfg: dotdict, seed: int = 0) -> Learner:
 
 
 def test_jepa_coef_zero_is_exactly_sheeprl_world_model_step():
-    cfg = _cfg("algo.jepa_coef=0")
+    cfg = resolved_cfg("algo.jepa_coef=0")
     ours, reference = _learner(cfg), _learner(cfg)
     assert ours.heads is None
     n_world = sum(p.numel() for p in ours.world_model.parameters())
@@ -122,14 +111,14 @@ def test_jepa_coef_zero_is_exactly_sheeprl_world_model_step():
     for (name, p), q in zip(ours.world_model.named_parameters(), reference.world_model.parameters()):
         assert torch.equal(p, q), name
     # And the JEPA run starts from the same DreamerV3 loss but does change the update
-    jepa = _learner(_cfg("algo.jepa_coef=1.0"))
+    jepa = _learner(resolved_cfg("algo.jepa_coef=1.0"))
     torch.manual_seed(7)
     jepa.world_model_step(_batch(), measure_ratio=False)
     assert not torch.equal(next(jepa.world_model.encoder.parameters()), next(ours.world_model.encoder.parameters()))
 
 
 def test_jepa_gradients_reach_encoder_projector_predictor_and_rssm_but_not_the_target():
-    cfg = _cfg("algo.jepa_coef=1.0")
+    cfg = resolved_cfg("algo.jepa_coef=1.0")
     learner = _learner(cfg)
     data = _batch()
     data["is_first"][0] = 1
@@ -137,8 +126,14 @@ def test_jepa_gradients_reach_encoder_projector_predictor_and_rssm_but_not_the_t
     _, _, recurrent_states, _ = world_model_loss(learner.world_model, data, **kwargs)
     obs = {"rgb": data["rgb"] / 255.0 - 0.5}
     loss, metrics = jepa_loss(
-        learner.world_model.encoder, learner.heads, obs, recurrent_states,
-        cnn_keys=["rgb"], mlp_keys=[], erase_frac=0.6, vec_dropout=0.2,
+        learner.world_model.encoder,
+        learner.heads,
+        obs,
+        recurrent_states,
+        cnn_keys=["rgb"],
+        mlp_keys=[],
+        erase_frac=0.6,
+        vec_dropout=0.2,
     )
     assert 0.0 <= metrics["Loss/jepa_loss"].item() <= 4 * 64**0.5
     loss.backward()
@@ -158,7 +153,7 @@ def test_jepa_gradients_reach_encoder_projector_predictor_and_rssm_but_not_the_t
 
 
 def test_world_model_step_updates_the_ema_target_and_logs_the_jepa_metrics():
-    learner = _learner(_cfg("algo.jepa_coef=1.0", "algo.jepa_ema=0.5"))
+    learner = _learner(resolved_cfg("algo.jepa_coef=1.0", "algo.jepa_ema=0.5"))
     target_before = copy.deepcopy(learner.heads.target_encoder.state_dict())
     _, _, metrics = learner.world_model_step(_batch(), measure_ratio=True)
     for key in ("Loss/jepa_loss", "JEPA/cosine", "JEPA/target_std", "Grads/encoder_jepa_over_recon"):

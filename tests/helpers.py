@@ -1,0 +1,32 @@
+"""Configurations shared by the tests."""
+
+import gymnasium as gym
+import numpy as np
+from omegaconf import OmegaConf
+from sheeprl.utils.utils import dotdict
+
+from jepa_dreamer.runner import TINY_MODEL_OVERRIDES, compose_config
+
+# A tiny DMC walker run on the CPU: 2 envs, episodes of 100 policy steps, small buffer, no videos
+TINY_RUN = (
+    *TINY_MODEL_OVERRIDES,
+    "fabric.accelerator=cpu",
+    "env.num_envs=2",
+    "env.max_episode_steps=100",
+    "env.capture_video=False",
+    "algo.learning_starts=64",
+    "algo.replay_ratio=0.1",
+    "algo.eval.episodes=2",
+    "buffer.size=4096",
+    "metric.log_every=64",
+)
+
+# DMC walker from 64x64 pixels, without creating the environment
+OBS_SPACE = gym.spaces.Dict({"rgb": gym.spaces.Box(0, 255, (3, 64, 64), np.uint8)})
+ACTIONS = 6
+
+
+def resolved_cfg(*overrides: str) -> dotdict:
+    """The tiny run's configuration, resolved as SheepRL's launcher passes it to the algorithm."""
+    cfg = compose_config([*TINY_RUN, *overrides])
+    return dotdict(OmegaConf.to_container(cfg, resolve=True))
