@@ -1,1 +1,43 @@
-"""placeholder"""
+#!/usr/bin/env python
+"""One trial in a child process (`search_phase1.py --isolation subprocess`), for crash isolation.
+
+    python train_wrapper.py --trial-config trial_3/trial_spec.json --out trial_3
+
+It runs the same `run_trial` as the in-process search and writes the same files; it reaches the Optuna trial through
+the shared storage (URL from $JEPA_SEARCH_STORAGE, else the spec's), so reporting and pruning work as in-process.
+Exit code 0 when the trial completed or was pruned (see results.json), 1 when it failed.
+"""
+
+import argparse
+import dataclasses
+import os
+import sys
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+import optuna  # noqa: E402
+
+from jepa_search.objective import STORAGE_ENV  # noqa: E402
+from jepa_search.study import make_pruner  # noqa: E402
+from jepa_search.trial import TrialSpec, run_trial  # noqa: E402
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="Run one search trial from its spec file.")
+    parser.add_argument("--trial-config", required=True, help="the trial_spec.json written by the search")
+    parser.add_argument("--out", required=True, help="the trial folder (results.json, history.csv, training.log)")
+    args = parser.parse_args()
+    spec = dataclasses.replace(TrialSpec.load(args.trial_config), trial_dir=args.out)
+    pruner = make_pruner(spec.settings["pruner"], spec.grace_evaluations, spec.n_evaluations)
+    study = optuna.load_study(
+        study_name=spec.study_name, storage=os.environ.get(STORAGE_ENV, spec.storage), pruner=pruner
+    )
+    try:
+        run_trial(spec, optuna.trial.Trial(study, spec.trial_id), lambda line: print(line, flush=True))
+    except Exception:
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -23,10 +23,14 @@ from jepa_dreamer.learner import Learner  # noqa: E402
 from jepa_dreamer.runner import compose_config  # noqa: E402
 
 SIZES = {
-    "XS": ["algo.dense_units=256", "algo.mlp_layers=1", "algo.world_model.encoder.cnn_channels_multiplier=24",
-           "algo.world_model.recurrent_model.recurrent_state_size=256",
-           "algo.world_model.transition_model.hidden_size=256",
-           "algo.world_model.representation_model.hidden_size=256"],
+    "XS": [
+        "algo.dense_units=256",
+        "algo.mlp_layers=1",
+        "algo.world_model.encoder.cnn_channels_multiplier=24",
+        "algo.world_model.recurrent_model.recurrent_state_size=256",
+        "algo.world_model.transition_model.hidden_size=256",
+        "algo.world_model.representation_model.hidden_size=256",
+    ],
     "S": [],  # the experiment's own size
 }
 
@@ -48,8 +52,14 @@ def real_batch(cfg: dotdict, batch: int, length: int, seed: int) -> dict[str, to
     as_t = lambda i: torch.as_tensor(np.array([[r[i] for r in s] for s in sequences]), dtype=torch.float32)  # noqa: E731
     rgb, actions, rewards = as_t(0), as_t(1), as_t(2)
     zeros = torch.zeros(length, batch, 1)
-    return {"rgb": rgb.transpose(0, 1), "actions": actions.transpose(0, 1), "rewards": rewards.T[..., None],
-            "terminated": zeros, "truncated": zeros.clone(), "is_first": zeros.clone()}
+    return {
+        "rgb": rgb.transpose(0, 1),
+        "actions": actions.transpose(0, 1),
+        "rewards": rewards.T[..., None],
+        "terminated": zeros,
+        "truncated": zeros.clone(),
+        "is_first": zeros.clone(),
+    }
 
 
 def main() -> None:
@@ -58,10 +68,14 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=3)
     args = parser.parse_args()
     torch.manual_seed(0)
-    cfg = dotdict(OmegaConf.to_container(
-        compose_config(["fabric.accelerator=cpu", "fabric.precision=32-true", "algo.jepa_coef=1.0", *SIZES[args.size]]),
-        resolve=True,
-    ))
+    cfg = dotdict(
+        OmegaConf.to_container(
+            compose_config(
+                ["fabric.accelerator=cpu", "fabric.precision=32-true", "algo.jepa_coef=1.0", *SIZES[args.size]]
+            ),
+            resolve=True,
+        )
+    )
     fabric = Fabric(accelerator="cpu", devices=1, precision="32-true")
     env = make_env(cfg, 0, 0, None, "probe")()
     learner = Learner(fabric, cfg, env.observation_space, env.action_space.shape, True)
@@ -72,8 +86,9 @@ def main() -> None:
         # Measured before the step's update: fresh weights for the first batch, after i updates for the next ones
         _, _, metrics = learner.world_model_step(data, measure_ratio=True)
         ratios.append(metrics["Grads/encoder_jepa_over_recon"].item())
-    print(f"size={args.size} proj_dim={cfg.algo.jepa_proj_dim} ratio per batch: "
-          + ", ".join(f"{r:.3f}" for r in ratios))
+    print(
+        f"size={args.size} proj_dim={cfg.algo.jepa_proj_dim} ratio per batch: " + ", ".join(f"{r:.3f}" for r in ratios)
+    )
 
 
 if __name__ == "__main__":

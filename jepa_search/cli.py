@@ -1,0 +1,115 @@
+"""`search_phase1.py`: arguments → settings → study → trials until `--n-trials` have finished.
+
+Exit codes: 0 done, 2 bad arguments (nothing created), 1 too many failed trials, 130/143 interrupted by
+SIGINT/SIGTERM (the running trial is recorded as failed and queued again with the same parameters).
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import time
+from collections.abc import Callable, Sequence
+
+import optuna
+from hydra.errors import HydraException
+from omegaconf.errors import OmegaConfBaseException
+from optuna.trial import FrozenTrial, TrialState
+
+from jepa_dreamer.runner import compose_config
+from jepa_search.objective import Objective
+from jepa_search.settings import SearchSettings, UsageError, build_parser, settings_from_args
+from jepa_search.study import check_resumable, finished_count, open_study, retry_callback
+from jepa_search.trial import trial_overrides
+
+
+def check_trial_config(settings: SearchSettings) -> None:
+    """Compose the first configuration of the space, so that a bad `--override` key or value fails now."""
+    first = {name: choices[0] for name, choices in settings.space.variable.items()}
+    try:
+        compose_config(trial_overrides(settings, first, settings.seed0, settings.output_dir / "trial_check"))
+    except (HydraException, OmegaConfBaseException) as e:
+        raise UsageError(f"--override: SheepRL rejects the trial configuration ({str(e).splitlines()[0]})") from e
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that `finally` blocks run and Optuna records the running trial as failed."""
+
+
+def _raise_on_sigterm(signum: int, frame: object) -> None:
+    raise Interrupted(f"signal {signum}")
+
+
+def _printer(stream=None) -> Callable[[str], None]:
+    stream = stream or sys.stdout
+
+    def progress(line: str) -> None:
+        print(f"[{time.strftime('%H:%M:%S')}] {line}", file=stream, flush=True)
+
+    return progress
+
+
+def run_search(study: optuna.Study, settings: SearchSettings, objective: Objective) -> int:
+    """Run trials until `n_trials` are finished (complete or pruned) in the study, counting every worker's."""
+    progress = objective.progress
+    retry = retry_callback(settings)
+    failures = 0
+
+    def after_trial(study: optuna.Study, trial: FrozenTrial) -> None:
+        nonlocal failures
+        if trial.state == TrialState.FAIL:
+            failures += 1
+            retry(study, trial)  # queued again with the same parameters, up to --max-retries times
+        progress(
+            f"trial {trial.number} {trial.state.name.lower()}"
+            + (f" value {trial.value:.2f}" if trial.value is not None else "")
+            + f"; finished {finished_count(study)}/{settings.n_trials}"
+        )
+
+    while finished_count(study) < settings.n_trials:
+        if failures >= settings.n_trials:
+            progress(f"stopping: {failures} trials failed in this run (see trial_*/results.json for the reasons)")
+            return 1
+        study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=[after_trial])
+    return 0
+
+
+def _requeue_interrupted(study: optuna.Study, settings: SearchSettings, number: int | None) -> None:
+    """Optuna failed the trial this process was running when the interrupt came: queue it again."""
+    trial = next((t for t in study.get_trials(deepcopy=False) if t.number == number), None)
+    if trial is not None and trial.state == TrialState.FAIL:
+        retry_callback(settings)(study, trial)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    progress = _printer()
+    try:
+        settings = settings_from_args(args)
+        check_trial_config(settings)
+        check_resumable(settings)
+    except UsageError as e:
+        print(f"search_phase1.py: error: {e}", file=sys.stderr)
+        return 2
+    for note in settings.warnings:
+        print(f"search_phase1.py: warning: {note}", file=sys.stderr)
+    settings.output_dir.mkdir(parents=True, exist_ok=True)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = open_study(settings)
+    progress(
+        f"study {settings.study_name}: {finished_count(study)}/{settings.n_trials} finished, "
+        f"{settings.trial_steps} steps per trial, {settings.n_evaluations} evaluations (grace "
+        f"{settings.grace_evaluations}), storage {settings.as_dict()['storage']}"
+    )
+    objective = Objective(settings, progress)
+    previous = signal.signal(signal.SIGTERM, _raise_on_sigterm)
+    try:
+        code = run_search(study, settings, objective)
+    except KeyboardInterrupt as e:
+        _requeue_interrupted(study, settings, objective.current)
+        progress(f"interrupted ({type(e).__name__}); the running trial is queued again. Rerun the same command.")
+        return 143 if isinstance(e, Interrupted) else 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    progress(f"done: {finished_count(study)} finished trials in {settings.study_name}")
+    return code

@@ -1,0 +1,319 @@
+"""Command-line arguments → validated, frozen `SearchSettings`.
+
+Everything a user can get wrong is checked here, before any folder, database or environment exists: each problem is
+one `UsageError` line naming the value and the fix (the CLI prints it and exits with code 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from jepa_search.space import SearchSpace, SpaceError, load_space
+
+# The default task of each env config name (SheepRL's `configs/env/<name>.yaml`) that the tool supports
+DEFAULT_TASKS = {"dmc": "walker_walk", "atari": "PongNoFrameskip-v4"}
+# The Python package each env needs, and how to get it
+ENV_PACKAGES = {"dmc": ("dm_control", "pip install dm-control==1.0.50"), "atari": ("ale_py", "pip install ale-py")}
+# Overrides the tool sets itself: passing them through --override would silently break the search
+RESERVED_OVERRIDES = (
+    "algo.total_steps",
+    "algo.eval.",
+    "seed",
+    "log_root",
+    "run_name",
+    "root_dir",
+    "exp",
+    "env",
+    "checkpoint.resume_from",
+    "fabric.accelerator",
+    "algo.jepa_",
+)
+
+
+class UsageError(ValueError):
+    """A bad argument: the message is the one line the user sees."""
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """What the search does. `fingerprint()` is what a resumed study must agree with."""
+
+    env: str
+    task: str
+    full_steps: int
+    fidelity_frac: float
+    n_trials: int
+    eval_every: int
+    eval_episodes: int
+    output_dir: Path
+    storage: str
+    study_name: str
+    space: SearchSpace
+    sampler: str = "random"
+    pruner: str = "hyperband"
+    grace_frac: float = 0.25
+    seed0: int = 0
+    dry_run: bool = False
+    device: str = "auto"
+    overrides: tuple[str, ...] = ()
+    wandb_project: str | None = None
+    tensorboard: bool = False
+    isolation: str = "inprocess"
+    heartbeat_interval: int = 60
+    max_retries: int = 2
+    warnings: tuple[str, ...] = field(default=(), compare=False)
+
+    @property
+    def trial_steps(self) -> int:
+        """Each trial's budget in policy steps (SheepRL's `algo.total_steps` unit)."""
+        return round(self.fidelity_frac * self.full_steps)
+
+    @property
+    def n_evaluations(self) -> int:
+        """Evaluations per trial: every `eval_every` steps, and one at the end when the budget is not a multiple."""
+        return math.ceil(self.trial_steps / self.eval_every)
+
+    @property
+    def grace_evaluations(self) -> int:
+        """No pruning before this many evaluations (`grace_frac` of them, at least one)."""
+        return max(1, math.ceil(self.grace_frac * self.n_evaluations))
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The settings that define the study: a resume with other values would mix incomparable trials."""
+        keys = (
+            "env",
+            "task",
+            "full_steps",
+            "fidelity_frac",
+            "eval_every",
+            "eval_episodes",
+            "sampler",
+            "pruner",
+            "grace_frac",
+            "seed0",
+            "dry_run",
+            "overrides",
+        )
+        d = {k: getattr(self, k) for k in keys}
+        d["overrides"] = list(self.overrides)
+        d["space"] = self.space.as_dict()
+        return d
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.update(
+            output_dir=str(self.output_dir),
+            space=self.space.as_dict(),
+            storage=mask_password(self.storage),
+            trial_steps=self.trial_steps,
+            n_evaluations=self.n_evaluations,
+            grace_evaluations=self.grace_evaluations,
+        )
+        d.pop("warnings")
+        return d
+
+
+def mask_password(url: str) -> str:
+    """The storage URL with its password replaced by ***, for logs and artifacts."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="search_phase1.py",
+        description="Phase 1 search over the JEPA hyperparameters of DreamerV3 (Optuna, pruned on evaluation returns).",
+    )
+    p.add_argument("--env", required=True, help="SheepRL env config name: dmc (tested default) or atari")
+    p.add_argument("--task", help="task of the env: DMC domain_task (default walker_walk) or an Atari id")
+    p.add_argument("--full-steps", type=int, required=True, help="Phase 2 budget in policy steps (algo.total_steps)")
+    p.add_argument("--fidelity-frac", type=float, default=0.15, help="fraction of --full-steps per trial")
+    p.add_argument("--n-trials", type=int, default=20, help="finished (complete or pruned) trials to reach")
+    p.add_argument("--eval-every", type=int, default=10000, help="evaluate every N policy steps")
+    p.add_argument("--eval-episodes", type=int, default=10, help="greedy episodes per evaluation")
+    p.add_argument("--output-dir", default="./runs/phase1", help="folder of the study's files")
+    p.add_argument("--storage", help="Optuna storage URL (default sqlite:///<output-dir>/study.db)")
+    p.add_argument("--study-name", help="study name (default derived from env, task and --dry-run)")
+    p.add_argument("--search-space", help="YAML search space (default configs/search_space.yaml)")
+    p.add_argument("--sampler", choices=["random", "tpe"], default="random")
+    p.add_argument("--pruner", choices=["hyperband", "asha", "none"], default="hyperband")
+    p.add_argument("--grace-frac", type=float, default=0.25, help="no pruning before this fraction of evaluations")
+    p.add_argument("--seed0", type=int, default=0, help="trial seed = seed0 + trial number")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="where trials train")
+    p.add_argument(
+        "--override",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="SheepRL override for every trial (e.g. algo.per_rank_batch_size=8 env.num_envs=2)",
+    )
+    p.add_argument(
+        "--isolation",
+        choices=["inprocess", "subprocess"],
+        default="inprocess",
+        help="run each trial in this process or in a child process (train_wrapper.py)",
+    )
+    p.add_argument("--wandb-project", help="log every trial to this W&B project")
+    p.add_argument("--tensorboard", action="store_true", help="TensorBoard event files in every trial folder")
+    p.add_argument("--dry-run", action="store_true", help="the real pipeline with a tiny model: a quick check")
+    p.add_argument("--heartbeat-interval", type=int, default=60, help="seconds; a trial silent for 2x is stale")
+    p.add_argument("--max-retries", type=int, default=2, help="retries of a failed or interrupted trial")
+    return p
+
+
+def _positive(name: str, value: int | float) -> None:
+    if value <= 0:
+        raise UsageError(f"{name} {value} must be positive")
+
+
+def _check_output_dir(path: Path) -> None:
+    """The folder must be creatable and writable, without creating it here."""
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"--output-dir {path} is a file; give a folder path")
+    probe = path
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise UsageError(f"--output-dir {path}: {probe} is not writable; choose a folder you can write to")
+
+
+def _check_env(env: str, task: str) -> None:
+    if env not in DEFAULT_TASKS:
+        raise UsageError(f"--env {env} is not supported; use one of: {', '.join(DEFAULT_TASKS)}")
+    module, install = ENV_PACKAGES[env]
+    if importlib.util.find_spec(module) is None:
+        raise UsageError(f"--env {env} needs the Python package {module}: {install}")
+    if env == "dmc":
+        from dm_control import suite
+
+        domain, _, name = task.partition("_")
+        known = {f"{d}_{t}" for d, t in suite.ALL_TASKS}
+        if (domain, name) not in suite.ALL_TASKS:
+            raise UsageError(f"--task {task} is not a DMC task; e.g. {', '.join(sorted(known)[:4])}, ...")
+    else:
+        import ale_py
+        import gymnasium as gym
+
+        gym.register_envs(ale_py)
+        if task not in gym.registry:
+            raise UsageError(f"--task {task} is not a registered Atari id; e.g. PongNoFrameskip-v4")
+
+
+def _check_storage(storage: str) -> None:
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        url = make_url(storage)
+    except ArgumentError as e:
+        raise UsageError(f"--storage {mask_password(storage)} is not a database URL; e.g. sqlite:///study.db") from e
+    if url.get_backend_name() not in ("sqlite", "postgresql", "mysql"):
+        raise UsageError(f"--storage {mask_password(storage)}: use a sqlite:///, postgresql:// or mysql:// URL")
+    if url.get_backend_name() == "sqlite":
+        if not url.database or url.database == ":memory:":
+            raise UsageError(
+                f"--storage {storage}: give a file, e.g. sqlite:///runs/study.db (memory is not resumable)"
+            )
+        db = Path(url.database)
+        if db.exists() and db.is_file() and db.stat().st_size > 0:
+            with db.open("rb") as f:
+                if f.read(16) != b"SQLite format 3\x00":
+                    raise UsageError(
+                        f"--storage {storage}: {db} is not an SQLite database; move it away or fix the path"
+                    )
+
+
+def _check_overrides(overrides: list[str]) -> tuple[str, ...]:
+    for o in overrides:
+        key, eq, _ = o.partition("=")
+        if not eq or not key:
+            raise UsageError(f"--override {o!r} must look like KEY=VALUE, e.g. algo.per_rank_batch_size=8")
+        bare = key.lstrip("+~")
+        for reserved in RESERVED_OVERRIDES:
+            if (
+                bare == reserved.rstrip(".")
+                or (reserved.endswith(".") and bare.startswith(reserved))
+                or (reserved.endswith("_") and bare.startswith(reserved))
+            ):
+                raise UsageError(f"--override {o!r}: {bare} is set by the search itself; use its own flag instead")
+    return tuple(overrides)
+
+
+def settings_from_args(args: argparse.Namespace) -> SearchSettings:
+    """Validate every argument; raise `UsageError` on the first bad one. Creates nothing."""
+    _positive("--full-steps", args.full_steps)
+    if not 0 < args.fidelity_frac <= 1:
+        raise UsageError(f"--fidelity-frac {args.fidelity_frac} must be in (0, 1]; 0.1-0.2 is typical")
+    notes = []
+    if not 0.1 <= args.fidelity_frac <= 0.2:
+        notes.append(f"--fidelity-frac {args.fidelity_frac} is outside the usual 0.1-0.2")
+    _positive("--n-trials", args.n_trials)
+    _positive("--eval-every", args.eval_every)
+    _positive("--eval-episodes", args.eval_episodes)
+    _positive("--heartbeat-interval", args.heartbeat_interval)
+    if args.max_retries < 0:
+        raise UsageError(f"--max-retries {args.max_retries} must be 0 or more")
+    budget = round(args.fidelity_frac * args.full_steps)
+    if budget < 1:
+        raise UsageError(f"--fidelity-frac {args.fidelity_frac} x --full-steps {args.full_steps} is under one step")
+    if args.eval_every > budget:
+        raise UsageError(
+            f"--eval-every {args.eval_every} is longer than a trial ({budget} steps = --fidelity-frac x --full-steps); "
+            f"use --eval-every {max(1, budget // 4)} or less"
+        )
+    if not 0.2 <= args.grace_frac <= 0.3:
+        raise UsageError(f"--grace-frac {args.grace_frac} must be in [0.2, 0.3]")
+    task = args.task or DEFAULT_TASKS.get(args.env, "")
+    _check_env(args.env, task)
+    output_dir = Path(args.output_dir).expanduser()
+    _check_output_dir(output_dir)
+    storage = args.storage or f"sqlite:///{(output_dir / 'study.db').resolve()}"
+    _check_storage(storage)
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UsageError("--device cuda: no CUDA GPU is visible; use --device cpu or auto")
+    try:
+        space = load_space(args.search_space)
+    except SpaceError as e:
+        raise UsageError(str(e)) from e
+    study_name = args.study_name or f"jepa-phase1-{args.env}-{task}" + ("-dry-run" if args.dry_run else "")
+    if args.dry_run and args.study_name and not args.study_name.endswith("-dry-run"):
+        raise UsageError(f"--study-name {args.study_name}: a dry run's study name must end in -dry-run")
+    return SearchSettings(
+        env=args.env,
+        task=task,
+        full_steps=args.full_steps,
+        fidelity_frac=args.fidelity_frac,
+        n_trials=args.n_trials,
+        eval_every=args.eval_every,
+        eval_episodes=args.eval_episodes,
+        output_dir=output_dir,
+        storage=storage,
+        study_name=study_name,
+        space=space,
+        sampler=args.sampler,
+        pruner=args.pruner,
+        grace_frac=args.grace_frac,
+        seed0=args.seed0,
+        dry_run=args.dry_run,
+        device=args.device,
+        overrides=_check_overrides(args.override),
+        wandb_project=args.wandb_project,
+        tensorboard=args.tensorboard,
+        isolation=args.isolation,
+        heartbeat_interval=args.heartbeat_interval,
+        max_retries=args.max_retries,
+        warnings=tuple(notes),
+    )

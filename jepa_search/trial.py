@@ -1,0 +1,246 @@
+"""One trial: its SheepRL configuration, the evaluation hook that reports to Optuna, and its files.
+
+The same `run_trial` serves the in-process objective and `train_wrapper.py` (a child process that reaches the
+trial through the shared storage), so both paths write the same `results.json`, `history.csv` and `training.log`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import math
+import platform
+import shutil
+import subprocess
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+from omegaconf import DictConfig
+
+from jepa_dreamer.dreamer_v3_jepa import TrainResult
+from jepa_dreamer.evaluate import EvalHook, EvalResult
+from jepa_dreamer.runner import TINY_MODEL_OVERRIDES, compose_config, output_overrides, run
+from jepa_search.settings import SearchSettings
+from jepa_search.space import to_overrides
+
+Trainer = Callable[[DictConfig, EvalHook], TrainResult]
+SMOOTHING_WINDOW = 3
+HISTORY_COLUMNS = (
+    "eval_index",
+    "step",
+    "frames",
+    "eval_return",
+    "smoothed_return",
+    "return_std",
+    "return_min",
+    "return_max",
+    "episode_length",
+    "episodes",
+)
+# A dry run: the real pipeline with a tiny model, small buffers, short episodes and a light replay ratio, so that the
+# seed's dry-run command (4 trials x 2000 steps) finishes in minutes on two CPU cores
+DRY_RUN_OVERRIDES = (
+    *TINY_MODEL_OVERRIDES,
+    "env.num_envs=2",
+    # Rendering (about 18 ms per 64x64 frame with Mesa on a CPU) dominates: step the two envs in parallel processes
+    "env.sync_env=False",
+    "env.max_episode_steps=100",
+    "algo.learning_starts=256",
+    "algo.replay_ratio=0.05",
+    "buffer.size=4096",
+)
+
+
+def smoothed(returns: list[float], window: int = SMOOTHING_WINDOW) -> float:
+    """Mean of the last min(window, k) evaluation returns."""
+    tail = returns[-window:]
+    return sum(tail) / len(tail)
+
+
+def trial_dir_name(number: int) -> str:
+    return f"trial_{number}"
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    """Everything one trial needs, as JSON (the file `train_wrapper.py` reads)."""
+
+    number: int
+    trial_id: int
+    seed: int
+    params: dict[str, Any]
+    fixed: dict[str, Any]
+    overrides: list[str]
+    trial_dir: str
+    grace_evaluations: int
+    n_evaluations: int
+    study_name: str
+    storage: str
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(asdict(self), indent=2))
+
+    @classmethod
+    def load(cls, path: Path) -> TrialSpec:
+        return cls(**json.loads(path.read_text()))
+
+
+def trial_overrides(settings: SearchSettings, params: dict[str, Any], seed: int, trial_dir: Path) -> list[str]:
+    """The SheepRL overrides of one trial: env and task, budget, evaluation, JEPA parameters, seed, outputs."""
+    overrides = [f"env={settings.env}"]
+    if settings.env == "dmc":
+        domain, _, task = settings.task.partition("_")
+        overrides += [f"env.wrapper.domain_name={domain}", f"env.wrapper.task_name={task}"]
+    else:
+        overrides += [f"env.id={settings.task}", "algo.cnn_keys.encoder=[rgb]", "algo.mlp_keys.encoder=[]"]
+    overrides += [
+        f"algo.total_steps={settings.trial_steps}",
+        f"algo.eval.every={settings.eval_every}",
+        f"algo.eval.episodes={settings.eval_episodes}",
+        *to_overrides({**settings.space.fixed, **params}),
+        f"seed={seed}",
+        f"fabric.accelerator={settings.device}",
+        "env.capture_video=False",
+        "checkpoint.save_last=False",
+        "checkpoint.every=0",
+        f"metric.log_level={1 if settings.tensorboard else 0}",
+    ]
+    if settings.dry_run:
+        overrides += DRY_RUN_OVERRIDES
+    return [*overrides, *settings.overrides, *output_overrides(str(trial_dir), "run")]
+
+
+def _versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    versions = {"python": platform.python_version()}
+    for pkg in ("torch", "sheeprl", "optuna", "dm-control", "mujoco"):
+        with contextlib.suppress(md.PackageNotFoundError):
+            versions[pkg] = md.version(pkg)
+    with contextlib.suppress(Exception):
+        repo = Path(__file__).resolve().parents[1]
+        versions["git_commit"] = subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+    return versions
+
+
+class PruningHook:
+    """After each evaluation: the history row, the smoothed return reported to Optuna, and the pruning decision."""
+
+    def __init__(self, trial: optuna.Trial, spec: TrialSpec, action_repeat: int, progress: Callable[[str], None]):
+        self.trial = trial
+        self.spec = spec
+        self.action_repeat = action_repeat
+        self.progress = progress
+        self.history: list[dict[str, Any]] = []
+        self.pruned = False
+        self.path = Path(spec.trial_dir) / "history.csv"
+        with self.path.open("w", newline="") as f:
+            csv.writer(f).writerow(HISTORY_COLUMNS)
+
+    def __call__(self, result: EvalResult) -> bool:
+        value = smoothed([row["eval_return"] for row in self.history] + [result.mean])
+        row = {
+            "eval_index": result.index,
+            "step": result.policy_step,
+            "frames": result.policy_step * self.action_repeat,
+            "eval_return": result.mean,
+            "smoothed_return": value,
+            "return_std": result.std,
+            "return_min": result.min,
+            "return_max": result.max,
+            "episode_length": sum(result.lengths) / len(result.lengths),
+            "episodes": len(result.returns),
+        }
+        self.history.append(row)
+        with self.path.open("a", newline="") as f:
+            csv.writer(f).writerow([row[c] for c in HISTORY_COLUMNS])
+        if not math.isfinite(value):
+            raise FloatingPointError(f"non-finite evaluation return {result.mean} at step {result.policy_step}")
+        self.trial.report(value, step=result.index)
+        # Pruning saves nothing once the budget is spent: the final evaluation always completes the trial
+        final = result.index >= self.spec.n_evaluations
+        if not final and result.index >= self.spec.grace_evaluations and self.trial.should_prune():
+            self.pruned = True
+        self.progress(
+            f"trial {self.spec.number} eval {result.index} step {result.policy_step}: return {result.mean:.1f} "
+            f"smoothed {value:.1f}" + (" -> pruned" if self.pruned else "")
+        )
+        return self.pruned
+
+
+def _results(
+    spec: TrialSpec,
+    hook: PruningHook | None,
+    state: str,
+    seconds: float,
+    reason: str | None,
+    steps: int,
+    action_repeat: int,
+) -> dict[str, Any]:
+    history = hook.history if hook else []
+    best_smoothed = max((r["smoothed_return"] for r in history), default=None)
+    return {
+        "number": spec.number,
+        "params": spec.params,
+        "fixed": spec.fixed,
+        "seed": spec.seed,
+        "state": state,
+        "objective": best_smoothed if state == "COMPLETE" else None,
+        "best_smoothed_return": best_smoothed,
+        "best_eval_return": max((r["eval_return"] for r in history), default=None),
+        "last_eval_return": history[-1]["eval_return"] if history else None,
+        "evaluations": len(history),
+        "steps": steps,
+        "frames": steps * action_repeat,
+        "wall_time_s": round(seconds, 2),
+        "fail_reason": reason,
+        "overrides": spec.overrides,
+        "settings": spec.settings,
+        "versions": _versions(),
+    }
+
+
+def run_trial(
+    spec: TrialSpec, trial: optuna.Trial, progress: Callable[[str], None], trainer: Trainer = run
+) -> dict[str, Any]:
+    """Train the trial in this process and write its files; returns the content of `results.json`.
+
+    Output of the training goes to `training.log`. A pruned trial ends cleanly with state PRUNED; an exception is
+    recorded with state FAIL and its reason, then raised again for Optuna to fail the trial. `trainer` is
+    `jepa_dreamer.runner.run`; tests pass a scripted stand-in to make pruning deterministic.
+    """
+    folder = Path(spec.trial_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    hook: PruningHook | None = None
+    state, reason, steps, action_repeat = "FAIL", None, 0, 1
+    with (folder / "training.log").open("a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+        try:
+            cfg = compose_config(spec.overrides)
+            action_repeat = int(cfg.env.action_repeat)
+            hook = PruningHook(trial, spec, action_repeat, progress)
+            result = trainer(cfg, hook)
+            steps = result.policy_steps
+            state = "PRUNED" if hook.pruned else "COMPLETE"
+        except BaseException as e:
+            reason = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+            traceback.print_exc(file=log)
+            raise
+        finally:
+            if hook is not None and steps == 0 and hook.history:
+                steps = hook.history[-1]["step"]
+            results = _results(spec, hook, state, time.perf_counter() - started, reason, steps, action_repeat)
+            (folder / "results.json").write_text(json.dumps(results, indent=2))
+            # The replay buffer of a finished trial is only disk space
+            for buffer in folder.glob("run/version_*/memmap_buffer"):
+                shutil.rmtree(buffer, ignore_errors=True)
+    return results

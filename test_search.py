@@ -1,0 +1,410 @@
+"""Tests of the search (`search_phase1.py`): settings, space, Optuna set-up, bad inputs, pruning, real dry runs, resume.
+
+Run with `python test_search.py` or under pytest. The real runs train tiny DreamerV3-JEPA models on DMC pixels;
+the pruning test uses a scripted stand-in trainer so that which trials are pruned is deterministic.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+import optuna  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+
+from jepa_dreamer.dreamer_v3_jepa import TrainResult  # noqa: E402
+from jepa_dreamer.evaluate import EvalResult  # noqa: E402
+from jepa_search.cli import main, run_search  # noqa: E402
+from jepa_search.objective import Objective  # noqa: E402
+from jepa_search.settings import build_parser, settings_from_args  # noqa: E402
+from jepa_search.space import DEFAULT_SPACE_FILE, load_space, to_overrides  # noqa: E402
+from jepa_search.study import check_resumable, make_pruner, make_sampler, open_study  # noqa: E402
+from jepa_search.trial import HISTORY_COLUMNS, smoothed, trial_overrides  # noqa: E402
+
+REPO = Path(__file__).resolve().parent
+
+
+def settings_for(tmp_path: Path, *extra: str):
+    argv = [
+        "--env",
+        "dmc",
+        "--full-steps",
+        "20000",
+        "--fidelity-frac",
+        "0.1",
+        "--eval-every",
+        "500",
+        "--output-dir",
+        str(tmp_path / "out"),
+        *extra,
+    ]
+    return settings_from_args(build_parser().parse_args(argv))
+
+
+# --- configuration ----------------------------------------------------------------------------------------------
+
+
+def test_default_space_is_the_readme_space():
+    space = load_space(None)
+    assert space.variable == {
+        "jepa_coef": (0.3, 1.0, 3.0),
+        "jepa_ema": (0.992, 0.996, 0.999),
+        "jepa_mask.erase_frac": (0.4, 0.6),
+    }
+    assert space.fixed == {"jepa_mask.vec_dropout": 0.2, "jepa_proj_dim": 1024, "jepa_hidden": 1024}
+    assert space.size() == 18
+    assert DEFAULT_SPACE_FILE == REPO / "configs" / "search_space.yaml"
+
+
+def test_custom_space_file_and_overrides(tmp_path):
+    f = tmp_path / "space.yaml"
+    f.write_text("variable:\n  jepa_coef: [0.1, 10]\nfixed:\n  jepa_hidden: 256\n")
+    space = load_space(f)
+    assert space.variable == {"jepa_coef": (0.1, 10.0)} and space.fixed == {"jepa_hidden": 256}
+    assert to_overrides({"jepa_mask.erase_frac": 0.4}) == ["algo.jepa_mask.erase_frac=0.4"]
+
+
+def test_settings_defaults_units_and_trial_overrides(tmp_path):
+    s = settings_for(tmp_path)
+    assert (s.fidelity_frac, s.n_trials, s.eval_episodes, s.sampler, s.pruner, s.seed0, s.grace_frac) == (
+        0.1,
+        20,
+        10,
+        "random",
+        "hyperband",
+        0,
+        0.25,
+    )
+    assert s.task == "walker_walk" and s.storage == f"sqlite:///{(tmp_path / 'out' / 'study.db').resolve()}"
+    assert s.trial_steps == 2000 and s.n_evaluations == 4 and s.grace_evaluations == 1
+    assert not (tmp_path / "out").exists()  # validation creates nothing
+    o = trial_overrides(s, {"jepa_coef": 3.0}, 7, tmp_path / "t")
+    for expected in (
+        "algo.total_steps=2000",
+        "algo.eval.every=500",
+        "algo.eval.episodes=10",
+        "algo.jepa_coef=3.0",
+        "algo.jepa_proj_dim=1024",
+        "seed=7",
+        "env.wrapper.domain_name=walker",
+        "env.wrapper.task_name=walk",
+    ):
+        assert expected in o
+
+
+def test_smoothing_is_the_mean_of_the_last_three():
+    assert smoothed([1.0]) == 1.0 and smoothed([1.0, 3.0]) == 2.0 and smoothed([1.0, 3.0, 5.0, 7.0]) == 5.0
+
+
+# --- Optuna set-up -------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name,cls", [("random", optuna.samplers.RandomSampler), ("tpe", optuna.samplers.TPESampler)])
+def test_samplers_are_seeded_from_seed0_and_the_study_size(tmp_path, name, cls):
+    s = settings_for(tmp_path, "--sampler", name, "--seed0", "5")
+    draws = []
+    for n_existing in (0, 0, 3):
+        sampler = make_sampler(s, n_existing)
+        assert isinstance(sampler, cls)
+        study = optuna.create_study(sampler=sampler)
+        draws.append([study.ask().suggest_float("x", 0, 1) for _ in range(3)])
+    assert draws[0] == draws[1] != draws[2]  # same seed replays; a resumed study (3 trials in) draws anew
+
+
+def test_pruners_follow_the_grace_period():
+    hb = make_pruner("hyperband", 3, 12)
+    assert isinstance(hb, optuna.pruners.HyperbandPruner) and hb._min_resource == 3 and hb._max_resource == 12
+    asha = make_pruner("asha", 3, 12)
+    assert isinstance(asha, optuna.pruners.SuccessiveHalvingPruner) and asha._min_resource == 3
+    assert isinstance(make_pruner("none", 3, 12), optuna.pruners.NopPruner)
+
+
+def test_storage_default_sqlite_and_settings_stored_with_the_study(tmp_path):
+    s = settings_for(tmp_path)
+    (tmp_path / "out").mkdir()
+    study = open_study(s)
+    assert (tmp_path / "out" / "study.db").exists()
+    assert study.user_attrs["settings"] == s.fingerprint()
+    assert isinstance(study.pruner, optuna.pruners.HyperbandPruner)
+    check_resumable(s)  # same settings: fine
+
+
+# --- bad inputs: one line, exit code 2, nothing created -------------------------------------------------------------
+
+BAD_INPUTS = [
+    (["--eval-every", "5000"], "longer than a trial"),
+    (["--fidelity-frac", "0"], "must be in (0, 1]"),
+    (["--fidelity-frac", "1.5"], "must be in (0, 1]"),
+    (["--n-trials", "0"], "--n-trials 0 must be positive"),
+    (["--eval-episodes", "-1"], "--eval-episodes -1 must be positive"),
+    (["--grace-frac", "0.5"], "--grace-frac 0.5"),
+    (["--env", "mujoco"], "--env mujoco is not supported"),
+    (["--task", "walker_fly"], "--task walker_fly is not a DMC task"),
+    (["--storage", "not a url"], "is not a database URL"),
+    (["--storage", "redis://localhost/0"], "use a sqlite:///"),
+    (["--override", "algo.per_rank_batch_size"], "must look like KEY=VALUE"),
+    (["--override", "algo.total_steps=5"], "set by the search itself"),
+    (["--override", "algo.no_such_key=1"], "SheepRL rejects the trial configuration"),
+    (["--search-space", "/nonexistent/space.yaml"], "cannot read it"),
+]
+
+
+@pytest.mark.parametrize("extra,message", BAD_INPUTS, ids=[m for _, m in BAD_INPUTS])
+def test_bad_input_is_one_line_and_creates_nothing(tmp_path, capsys, extra, message):
+    argv = [
+        "--env",
+        "dmc",
+        "--full-steps",
+        "20000",
+        "--fidelity-frac",
+        "0.1",
+        "--eval-every",
+        "500",
+        "--output-dir",
+        str(tmp_path / "out"),
+        *extra,
+    ]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        ("variable:\n  jepa_lr: [1, 2]\n", "unknown parameter 'jepa_lr'"),
+        ("variable:\n  jepa_coef: []\n", "needs a non-empty list"),
+        ("variable:\n  jepa_coef: [fast]\n", "must be a number"),
+        ("variable:\n  jepa_proj_dim: [1.5]\n", "must be an integer"),
+        ("variable: {}\n", "'variable' is empty"),
+        ("- a\n- b\n", "expected a mapping"),
+        ("variable: [\n", "not valid YAML"),
+    ],
+)
+def test_bad_search_space_files(tmp_path, capsys, content, message):
+    f = tmp_path / "space.yaml"
+    f.write_text(content)
+    assert (
+        main(
+            [
+                "--env",
+                "dmc",
+                "--full-steps",
+                "2000",
+                "--eval-every",
+                "100",
+                "--output-dir",
+                str(tmp_path / "o"),
+                "--search-space",
+                str(f),
+            ]
+        )
+        == 2
+    )
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "o").exists()
+
+
+def test_unwritable_output_dir(tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    assert (
+        main(
+            [
+                "--env",
+                "dmc",
+                "--full-steps",
+                "2000",
+                "--eval-every",
+                "100",
+                "--output-dir",
+                str(tmp_path / "file" / "out"),
+            ]
+        )
+        == 2
+    )
+    assert "not writable" in capsys.readouterr().err
+
+
+def test_corrupted_study_db_is_refused_and_left_alone(tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "study.db").write_bytes(b"this is not sqlite")
+    assert main(["--env", "dmc", "--full-steps", "2000", "--eval-every", "100", "--output-dir", str(out)]) == 2
+    assert "is not an SQLite database" in capsys.readouterr().err
+    assert (out / "study.db").read_bytes() == b"this is not sqlite" and sorted(os.listdir(out)) == ["study.db"]
+
+
+def test_resume_with_other_settings_names_the_differences(tmp_path, capsys):
+    s = settings_for(tmp_path)
+    (tmp_path / "out").mkdir()
+    open_study(s)
+    before = (tmp_path / "out" / "study.db").read_bytes()
+    argv = [
+        "--env",
+        "dmc",
+        "--full-steps",
+        "20000",
+        "--fidelity-frac",
+        "0.1",
+        "--eval-every",
+        "500",
+        "--output-dir",
+        str(tmp_path / "out"),
+        "--eval-episodes",
+        "3",
+        "--sampler",
+        "tpe",
+    ]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "eval_episodes: stored 10, now 3" in err and "sampler: stored 'random', now 'tpe'" in err
+    assert (tmp_path / "out" / "study.db").read_bytes() == before
+    assert sorted(os.listdir(tmp_path / "out")) == ["study.db"]
+
+
+def test_fidelity_outside_the_usual_range_warns(tmp_path):
+    assert any("outside the usual 0.1-0.2" in w for w in settings_for(tmp_path, "--fidelity-frac", "0.5").warnings)
+
+
+# --- pruning, with a scripted trainer -------------------------------------------------------------------------------
+
+
+def scripted_trainer(cfg, hook) -> TrainResult:
+    """Evaluation returns that grow with jepa_coef: the low-coefficient trials are the ones to prune."""
+    every, total = cfg.algo.eval.every, cfg.algo.total_steps
+    result = TrainResult(log_dir="")
+    for index, step in enumerate(range(every, total + 1, every), start=1):
+        value = 100.0 * cfg.algo.jepa_coef + index
+        ev = EvalResult(index, step, (value, value), (100, 100), 0.0)
+        result.evaluations.append(ev)
+        result.policy_steps = step
+        if hook(ev):
+            result.stopped_early = True
+            break
+    return result
+
+
+@pytest.mark.parametrize("pruner", ["asha", "hyperband"])
+def test_pruning_really_stops_bad_trials(tmp_path, pruner):
+    space = tmp_path / "space.yaml"
+    space.write_text("variable:\n  jepa_coef: [0.3, 1.0, 3.0]\n")
+    s = settings_for(
+        tmp_path,
+        "--fidelity-frac",
+        "0.4",
+        "--eval-every",
+        "1000",
+        "--n-trials",
+        "9",
+        "--pruner",
+        pruner,
+        "--search-space",
+        str(space),
+    )
+    assert s.n_evaluations == 8 and s.grace_evaluations == 2
+    s.output_dir.mkdir()
+    study = open_study(s)
+    assert run_search(study, s, Objective(s, print, trainer=scripted_trainer)) == 0
+    trials = study.get_trials()
+    pruned = [t for t in trials if t.state == optuna.trial.TrialState.PRUNED]
+    assert len(trials) == 9 and pruned
+    for t in pruned:
+        history = pd.read_csv(s.output_dir / f"trial_{t.number}" / "history.csv")
+        assert s.grace_evaluations <= len(history) < s.n_evaluations  # stopped early, never before the grace
+        assert t.params["jepa_coef"] < 3.0
+    best = study.best_trial
+    assert best.params["jepa_coef"] == 3.0 and best.value == pytest.approx(300.0 + 7.0)  # mean of evals 6, 7, 8
+
+
+# --- real runs ------------------------------------------------------------------------------------------------------
+
+SMALL = [
+    "--env",
+    "dmc",
+    "--full-steps",
+    "2560",
+    "--fidelity-frac",
+    "0.2",
+    "--eval-every",
+    "256",
+    "--eval-episodes",
+    "2",
+    "--dry-run",
+    "--seed0",
+    "3",
+]
+
+
+def test_real_dry_run_writes_its_files_and_resumes(tmp_path):
+    out = tmp_path / "runs"
+    argv = [*SMALL, "--n-trials", "2", "--output-dir", str(out)]
+    assert main(argv) == 0
+    study = optuna.load_study(study_name="jepa-phase1-dmc-walker_walk-dry-run", storage=f"sqlite:///{out}/study.db")
+    trials = study.get_trials()
+    assert len(trials) == 2
+    for t in trials:
+        folder = out / f"trial_{t.number}"
+        results = json.loads((folder / "results.json").read_text())
+        history = pd.read_csv(folder / "history.csv")
+        assert tuple(history.columns) == HISTORY_COLUMNS
+        assert list(history["step"]) == [256, 512][: len(history)]
+        assert results["state"] == t.state.name and results["seed"] == 3 + t.number
+        assert results["params"] == t.params and results["steps"] == history["step"].iloc[-1]
+        assert results["frames"] == 2 * results["steps"]  # walker's action repeat
+        assert results["best_eval_return"] == history["eval_return"].max() > 0
+        assert results["versions"]["sheeprl"] == "0.8.4" and results["versions"]["git_commit"]
+        if t.state == optuna.trial.TrialState.COMPLETE:
+            assert t.value == pytest.approx(results["objective"]) == pytest.approx(history["smoothed_return"].max())
+        assert "Eval 1 at policy_step=256" in (folder / "training.log").read_text()
+    # The same command again adds nothing; a higher --n-trials adds exactly the difference
+    assert main(argv) == 0
+    assert len(study.get_trials()) == 2
+    assert main([*SMALL, "--n-trials", "3", "--output-dir", str(out)]) == 0
+    assert len(study.get_trials()) == 3 and (out / "trial_2" / "results.json").exists()
+
+
+def test_subprocess_isolation_writes_the_same_files(tmp_path):
+    out = tmp_path / "iso"
+    assert (
+        main([*SMALL, "--n-trials", "1", "--isolation", "subprocess", "--pruner", "none", "--output-dir", str(out)])
+        == 0
+    )
+    results = json.loads((out / "trial_0" / "results.json").read_text())
+    assert results["state"] == "COMPLETE" and results["evaluations"] == 2
+    assert (out / "trial_0" / "history.csv").exists() and (out / "trial_0" / "trial_spec.json").exists()
+    assert "Eval 2 at policy_step=512" in (out / "trial_0" / "training.log").read_text()
+    study = optuna.load_study(study_name="jepa-phase1-dmc-walker_walk-dry-run", storage=f"sqlite:///{out}/study.db")
+    assert study.trials[0].intermediate_values.keys() == {1, 2}  # reported by the child process
+
+
+def test_cli_entry_point_runs_as_a_script(tmp_path):
+    out = subprocess.run([sys.executable, str(REPO / "search_phase1.py"), "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "--fidelity-frac" in out.stdout and "--dry-run" in out.stdout
+    bad = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "search_phase1.py"),
+            "--env",
+            "dmc",
+            "--full-steps",
+            "-5",
+            "--output-dir",
+            str(tmp_path / "x"),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert bad.returncode == 2 and bad.stderr.strip() == "search_phase1.py: error: --full-steps -5 must be positive"
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-q", *sys.argv[1:]]))
