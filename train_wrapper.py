@@ -12,6 +12,7 @@ import argparse
 import dataclasses
 import os
 import sys
+from pathlib import Path
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
@@ -27,7 +28,7 @@ def main() -> int:
     parser.add_argument("--trial-config", required=True, help="the trial_spec.json written by the search")
     parser.add_argument("--out", required=True, help="the trial folder (results.json, history.csv, training.log)")
     args = parser.parse_args()
-    spec = dataclasses.replace(TrialSpec.load(args.trial_config), trial_dir=args.out)
+    spec = dataclasses.replace(TrialSpec.load(Path(args.trial_config)), trial_dir=args.out)
     pruner = make_pruner(spec.settings["pruner"], spec.grace_evaluations, spec.n_evaluations)
     study = optuna.load_study(
         study_name=spec.study_name, storage=os.environ.get(STORAGE_ENV, spec.storage), pruner=pruner

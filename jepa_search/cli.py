@@ -67,7 +67,8 @@ def run_search(study: optuna.Study, settings: SearchSettings, objective: Objecti
         )
 
     while finished_count(study) < settings.n_trials:
-        if failures >= settings.n_trials:
+        # Every trial failing (a broken environment, say) must not loop forever: each may fail and be retried
+        if failures >= settings.n_trials * (settings.max_retries + 1):
             progress(f"stopping: {failures} trials failed in this run (see trial_*/results.json for the reasons)")
             return 1
         study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=[after_trial])
