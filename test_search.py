@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 os.environ.setdefault("MUJOCO_GL", "egl")
@@ -384,6 +386,49 @@ def test_subprocess_isolation_writes_the_same_files(tmp_path):
     assert "Eval 2 at policy_step=512" in (out / "trial_0" / "training.log").read_text()
     study = optuna.load_study(study_name="jepa-phase1-dmc-walker_walk-dry-run", storage=f"sqlite:///{out}/study.db")
     assert study.trials[0].intermediate_values.keys() == {1, 2}  # reported by the child process
+
+
+def _start_search(out: Path, *extra: str) -> subprocess.Popen:
+    argv = [sys.executable, str(REPO / "search_phase1.py"), *SMALL, "--n-trials", "1", "--output-dir", str(out), *extra]
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _wait_for_first_evaluation(out: Path, proc: subprocess.Popen) -> None:
+    history = out / "trial_0" / "history.csv"
+    for _ in range(600):
+        if history.exists() and len(history.read_text().splitlines()) > 1:
+            return
+        assert proc.poll() is None, proc.stdout.read()
+        time.sleep(0.5)
+    raise TimeoutError("no evaluation within 5 minutes")
+
+
+def test_sigterm_records_the_trial_and_queues_it_again(tmp_path):
+    out = tmp_path / "term"
+    proc = _start_search(out)
+    _wait_for_first_evaluation(out, proc)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 143
+    results = json.loads((out / "trial_0" / "results.json").read_text())
+    assert results["state"] == "FAIL" and "signal 15" in results["fail_reason"] and results["evaluations"] >= 1
+    study = optuna.load_study(study_name="jepa-phase1-dmc-walker_walk-dry-run", storage=f"sqlite:///{out}/study.db")
+    assert [t.state.name for t in study.trials] == ["FAIL", "WAITING"]
+    assert study.trials[1].params == study.trials[0].params
+
+
+def test_sigkilled_trial_is_detected_by_heartbeat_and_retried_with_the_same_parameters(tmp_path):
+    out = tmp_path / "kill"
+    proc = _start_search(out, "--heartbeat-interval", "1")
+    _wait_for_first_evaluation(out, proc)
+    proc.kill()
+    proc.wait()
+    time.sleep(3)  # two missed heartbeats
+    assert main([*SMALL, "--n-trials", "1", "--output-dir", str(out), "--heartbeat-interval", "1"]) == 0
+    study = optuna.load_study(study_name="jepa-phase1-dmc-walker_walk-dry-run", storage=f"sqlite:///{out}/study.db")
+    first, retry = study.trials
+    assert first.state.name == "FAIL" and retry.state.name == "COMPLETE"
+    assert retry.params == first.params and retry.user_attrs["seed"] == first.user_attrs["seed"] == 3
+    assert json.loads((out / "trial_1" / "results.json").read_text())["state"] == "COMPLETE"
 
 
 def test_cli_entry_point_runs_as_a_script(tmp_path):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import signal
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
 
 import optuna
@@ -96,6 +97,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"search_phase1.py: warning: {note}", file=sys.stderr)
     settings.output_dir.mkdir(parents=True, exist_ok=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # Heartbeats and retries are marked experimental by Optuna; they are what resuming relies on
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     study = open_study(settings)
     progress(
         f"study {settings.study_name}: {finished_count(study)}/{settings.n_trials} finished, "
