@@ -6,11 +6,13 @@ SIGINT/SIGTERM (the running trial is recorded as failed and queued again with th
 
 from __future__ import annotations
 
+import argparse
 import signal
 import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import optuna
 from hydra.errors import HydraException
@@ -19,7 +21,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from jepa_dreamer.runner import compose_config
 from jepa_search.objective import Objective
-from jepa_search.settings import SearchSettings, UsageError, build_parser, settings_from_args
+from jepa_search.report import write_report
+from jepa_search.settings import SearchSettings, UsageError, build_parser, mask_password, settings_from_args
 from jepa_search.study import check_resumable, finished_count, open_study, retry_callback
 from jepa_search.trial import trial_overrides
 
@@ -83,9 +86,35 @@ def _requeue_interrupted(study: optuna.Study, settings: SearchSettings, number: 
         retry_callback(settings)(study, trial)
 
 
+def report_only(args: argparse.Namespace) -> int:
+    """`--report-only`: rebuild the artifacts of an existing study, without training."""
+    output_dir = Path(args.output_dir).expanduser()
+    storage = args.storage or f"sqlite:///{(output_dir / 'study.db').resolve()}"
+    if storage.startswith("sqlite") and not (output_dir / "study.db").exists() and not args.storage:
+        raise UsageError(
+            f"--report-only: no study.db in --output-dir {output_dir}; give the folder of a search or --storage"
+        )
+    try:
+        names = optuna.get_all_study_names(storage)
+    except Exception as e:
+        raise UsageError(f"--storage {mask_password(storage)}: cannot open it ({type(e).__name__})") from e
+    name = args.study_name or (names[0] if len(names) == 1 else None)
+    if name not in names:
+        raise UsageError(f"--report-only: give --study-name, one of: {', '.join(names) or '(no study)'}")
+    write_report(optuna.load_study(study_name=name, storage=storage), output_dir)
+    print(f"rebuilt the artifacts of {name} in {output_dir}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     progress = _printer()
+    if args.report_only:
+        try:
+            return report_only(args)
+        except UsageError as e:
+            print(f"search_phase1.py: error: {e}", file=sys.stderr)
+            return 2
     try:
         settings = settings_from_args(args)
         check_trial_config(settings)
@@ -115,5 +144,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 143 if isinstance(e, Interrupted) else 130
     finally:
         signal.signal(signal.SIGTERM, previous)
+        write_report(study, settings.output_dir)
     progress(f"done: {finished_count(study)} finished trials in {settings.study_name}")
     return code

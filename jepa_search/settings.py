@@ -134,9 +134,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog="search_phase1.py",
         description="Phase 1 search over the JEPA hyperparameters of DreamerV3 (Optuna, pruned on evaluation returns).",
     )
-    p.add_argument("--env", required=True, help="SheepRL env config name: dmc (tested default) or atari")
+    p.add_argument(
+        "--env", help="SheepRL env config name: dmc (tested default) or atari (required unless --report-only)"
+    )
     p.add_argument("--task", help="task of the env: DMC domain_task (default walker_walk) or an Atari id")
-    p.add_argument("--full-steps", type=int, required=True, help="Phase 2 budget in policy steps (algo.total_steps)")
+    p.add_argument("--full-steps", type=int, help="Phase 2 budget in policy steps (algo.total_steps); required")
     p.add_argument("--fidelity-frac", type=float, default=0.15, help="fraction of --full-steps per trial")
     p.add_argument("--n-trials", type=int, default=20, help="finished (complete or pruned) trials to reach")
     p.add_argument("--eval-every", type=int, default=10000, help="evaluate every N policy steps")
@@ -168,6 +170,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="the real pipeline with a tiny model: a quick check")
     p.add_argument("--heartbeat-interval", type=int, default=60, help="seconds; a trial silent for 2x is stale")
     p.add_argument("--max-retries", type=int, default=2, help="retries of a failed or interrupted trial")
+    p.add_argument(
+        "--report-only",
+        action="store_true",
+        help="rebuild results.csv, topk.json, best_config.yaml, SUMMARY.md and plots from the study, no training",
+    )
     return p
 
 
@@ -251,6 +258,9 @@ def _check_overrides(overrides: list[str]) -> tuple[str, ...]:
 
 def settings_from_args(args: argparse.Namespace) -> SearchSettings:
     """Validate every argument; raise `UsageError` on the first bad one. Creates nothing."""
+    for flag, value in (("--env", args.env), ("--full-steps", args.full_steps)):
+        if value is None:
+            raise UsageError(f"{flag} is required (e.g. --env dmc --full-steps 1000000)")
     _positive("--full-steps", args.full_steps)
     if not 0 < args.fidelity_frac <= 1:
         raise UsageError(f"--fidelity-frac {args.fidelity_frac} must be in (0, 1]; 0.1-0.2 is typical")

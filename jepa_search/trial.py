@@ -135,6 +135,13 @@ def _versions() -> dict[str, str]:
     return versions
 
 
+def _device(accelerator: str) -> str:
+    """Where the trial trains: `auto` is the GPU when there is one (what GPU-hours are counted from)."""
+    import torch
+
+    return "cuda" if accelerator in ("cuda", "gpu") or (accelerator == "auto" and torch.cuda.is_available()) else "cpu"
+
+
 class PruningHook:
     """After each evaluation: the history row, the smoothed return reported to Optuna, and the pruning decision."""
 
@@ -188,6 +195,7 @@ def _results(
     reason: str | None,
     steps: int,
     action_repeat: int,
+    device: str,
 ) -> dict[str, Any]:
     history = hook.history if hook else []
     best_smoothed = max((r["smoothed_return"] for r in history), default=None)
@@ -206,6 +214,7 @@ def _results(
         "frames": steps * action_repeat,
         "wall_time_s": round(seconds, 2),
         "fail_reason": reason,
+        "device": device,
         "overrides": spec.overrides,
         "settings": spec.settings,
         "versions": _versions(),
@@ -225,11 +234,12 @@ def run_trial(
     folder.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     hook: PruningHook | None = None
-    state, reason, steps, action_repeat = "FAIL", None, 0, 1
+    state, reason, steps, action_repeat, device = "FAIL", None, 0, 1, "cpu"
     with (folder / "training.log").open("a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
         try:
             cfg = compose_config(spec.overrides)
             action_repeat = int(cfg.env.action_repeat)
+            device = _device(cfg.fabric.accelerator)
             hook = PruningHook(trial, spec, action_repeat, progress)
             result = trainer(cfg, hook)
             steps = result.policy_steps
@@ -241,7 +251,7 @@ def run_trial(
         finally:
             if hook is not None and steps == 0 and hook.history:
                 steps = hook.history[-1]["step"]
-            results = _results(spec, hook, state, time.perf_counter() - started, reason, steps, action_repeat)
+            results = _results(spec, hook, state, time.perf_counter() - started, reason, steps, action_repeat, device)
             (folder / "results.json").write_text(json.dumps(results, indent=2))
             # The replay buffer of a finished trial is only disk space
             for buffer in folder.glob("run/version_*/memmap_buffer"):
