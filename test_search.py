@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -20,6 +21,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 import optuna  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
+import yaml  # noqa: E402
 
 from jepa_dreamer.dreamer_v3_jepa import TrainResult  # noqa: E402
 from jepa_dreamer.evaluate import EvalResult  # noqa: E402
@@ -346,15 +348,23 @@ SMALL = [
 ]
 
 
-def test_real_dry_run_writes_its_files_and_resumes(tmp_path):
-    out = tmp_path / "runs"
-    argv = [*SMALL, "--n-trials", "2", "--output-dir", str(out)]
-    assert main(argv) == 0
-    study = optuna.load_study(study_name="jepa-phase1-dmc-walker_walk-dry-run", storage=f"sqlite:///{out}/study.db")
-    trials = study.get_trials()
+@pytest.fixture(scope="module")
+def dry_run(tmp_path_factory) -> Path:
+    """A real small dry-run search of 2 trials, shared by the tests below (the last one adds a trial)."""
+    out = tmp_path_factory.mktemp("dry") / "runs"
+    assert main([*SMALL, "--n-trials", "2", "--output-dir", str(out), "--tensorboard"]) == 0
+    return out
+
+
+def _study(out: Path) -> optuna.Study:
+    return optuna.load_study(study_name="jepa-phase1-dmc-walker_walk-dry-run", storage=f"sqlite:///{out}/study.db")
+
+
+def test_real_dry_run_writes_the_trial_files(dry_run):
+    trials = _study(dry_run).get_trials()
     assert len(trials) == 2
     for t in trials:
-        folder = out / f"trial_{t.number}"
+        folder = dry_run / f"trial_{t.number}"
         results = json.loads((folder / "results.json").read_text())
         history = pd.read_csv(folder / "history.csv")
         assert tuple(history.columns) == HISTORY_COLUMNS
@@ -367,11 +377,75 @@ def test_real_dry_run_writes_its_files_and_resumes(tmp_path):
         if t.state == optuna.trial.TrialState.COMPLETE:
             assert t.value == pytest.approx(results["objective"]) == pytest.approx(history["smoothed_return"].max())
         assert "Eval 1 at policy_step=256" in (folder / "training.log").read_text()
-    # The same command again adds nothing; a higher --n-trials adds exactly the difference
+        # --tensorboard: the trial's event file has the evaluation returns, and the training metrics once it trained
+        # (a dry run trains from step 256 on)
+        expected = {"Eval/return_mean"} | (
+            {"Loss/world_model_loss", "Loss/jepa_loss"} if results["steps"] > 256 else set()
+        )
+        assert expected <= tensorboard_scalars(folder)
+
+
+def tensorboard_scalars(folder: Path) -> set[str]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(next(folder.rglob("events.out.tfevents.*")).parent))
+    events.Reload()
+    return set(events.Tags()["scalars"])
+
+
+def test_study_artifacts_match_the_trials_and_are_rebuilt_by_report_only(dry_run):
+    study = _study(dry_run)
+    table = pd.read_csv(dry_run / "results.csv")
+    assert list(table["number"]) == [t.number for t in study.trials]
+    for row in table.itertuples():
+        results = json.loads((dry_run / f"trial_{row.number}" / "results.json").read_text())
+        assert row.state == results["state"] and row.seed == results["seed"] and row.steps == results["steps"]
+        assert row.best_eval_return == pytest.approx(results["best_eval_return"])
+        assert row.jepa_coef == results["params"]["jepa_coef"]
+    top = json.loads((dry_run / "topk.json").read_text())
+    assert 1 <= len(top) <= 6 and top[0]["rank"] == 1
+    assert [r["objective"] for r in top] == sorted((r["objective"] for r in top), reverse=True) or top[-1]["pruned"]
+    best = yaml.safe_load((dry_run / "best_config.yaml").read_text())
+    assert best["algo"]["jepa_coef"] == top[0]["params"]["jepa_coef"] and best["algo"]["total_steps"] == 2560
+    summary = (dry_run / "SUMMARY.md").read_text()
+    assert "Dry run" in summary and "Too few finished trials" in summary and top[0]["phase2_command"] in summary
+    for plot in ("learning_curves", "optimization_history", "param_effects"):
+        assert (dry_run / "plots" / f"{plot}.png").stat().st_size > 1000
+    before = {f: (dry_run / f).read_text() for f in ("results.csv", "topk.json", "best_config.yaml", "SUMMARY.md")}
+    for f in before:
+        (dry_run / f).unlink()
+    assert main(["--report-only", "--output-dir", str(dry_run)]) == 0
+    assert {f: (dry_run / f).read_text() for f in before} == before
+
+
+def test_phase2_commands_of_the_summary_run(dry_run, tmp_path):
+    from tests.helpers import TINY_RUN
+
+    summary = (dry_run / "SUMMARY.md").read_text()
+    commands = [block.split("\n")[1] for block in summary.split("```bash")[1:]]
+    assert commands[0].startswith("sheeprl --config-path") and commands[1].startswith("sheeprl exp=dreamer_v3_jepa")
+    tiny = [*TINY_RUN, "algo.total_steps=128", "algo.eval.every=128", "algo.eval.episodes=1", "checkpoint.every=0"]
+    for i, command in enumerate(commands):
+        argv = shlex.split(command)
+        argv[0] = str(Path(sys.executable).parent / "sheeprl")
+        out = subprocess.run(
+            [*argv, *tiny, f"log_root={tmp_path}/p{i}", f"hydra.run.dir={tmp_path}/h{i}"],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert "Eval 1 at policy_step=128" in out.stdout
+
+
+def test_rerun_adds_nothing_and_a_higher_n_trials_adds_the_difference(dry_run):
+    argv = [*SMALL, "--n-trials", "2", "--output-dir", str(dry_run), "--tensorboard"]
     assert main(argv) == 0
-    assert len(study.get_trials()) == 2
-    assert main([*SMALL, "--n-trials", "3", "--output-dir", str(out)]) == 0
-    assert len(study.get_trials()) == 3 and (out / "trial_2" / "results.json").exists()
+    assert len(_study(dry_run).get_trials()) == 2
+    assert main([*SMALL, "--n-trials", "3", "--output-dir", str(dry_run), "--tensorboard"]) == 0
+    assert len(_study(dry_run).get_trials()) == 3 and (dry_run / "trial_2" / "results.json").exists()
+    assert len(pd.read_csv(dry_run / "results.csv")) == 3  # the artifacts follow the study
 
 
 def test_subprocess_isolation_writes_the_same_files(tmp_path):

@@ -242,7 +242,17 @@ def train(fabric: Fabric, cfg: dict[str, Any], hook: EvalHook | None = None) -> 
                     measure_ratio = False
 
             last_iter = iter_num == total_iters
-            if cfg.metric.log_level > 0 and (policy_step - last_log >= cfg.metric.log_every or last_iter):
+            stopping = False
+            due = eval_every > 0 and policy_step // eval_every > (policy_step - steps_per_iter) // eval_every
+            if evaluator is not None and (due or last_iter):
+                evaluation = evaluator.evaluate(len(result.evaluations) + 1, policy_step)
+                result.evaluations.append(evaluation)
+                _log_evaluation(fabric, evaluation)
+                stopping = hook is not None and hook(evaluation) and not last_iter
+                result.stopped_early = stopping
+
+            # A run stopped by its hook logs what it aggregated so far, like a run at its last iteration
+            if cfg.metric.log_level > 0 and (policy_step - last_log >= cfg.metric.log_every or last_iter or stopping):
                 if aggregator is not None and not aggregator.disabled:
                     fabric.log_dict(aggregator.compute(), policy_step)
                     aggregator.reset()
@@ -251,15 +261,8 @@ def train(fabric: Fabric, cfg: dict[str, Any], hook: EvalHook | None = None) -> 
                     timer.reset()
                 last_log = policy_step
                 measure_ratio = True
-
-            due = eval_every > 0 and policy_step // eval_every > (policy_step - steps_per_iter) // eval_every
-            if evaluator is not None and (due or last_iter):
-                evaluation = evaluator.evaluate(len(result.evaluations) + 1, policy_step)
-                result.evaluations.append(evaluation)
-                _log_evaluation(fabric, evaluation)
-                if hook is not None and hook(evaluation):
-                    result.stopped_early = not last_iter
-                    break
+            if stopping:
+                break
 
             every = cfg.checkpoint.every
             if (every > 0 and policy_step - last_checkpoint >= every) or (last_iter and cfg.checkpoint.save_last):

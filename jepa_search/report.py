@@ -175,15 +175,19 @@ def _plot_history(study: optuna.Study, path: Path) -> None:
     plt.close(fig)
 
 
-def _plot_params(study: optuna.Study, path: Path) -> None:
-    names = sorted({name for t in study.trials for name in t.params})
-    fig, axes = plt.subplots(1, max(1, len(names)), figsize=(4 * max(1, len(names)), 3.5), squeeze=False)
-    for ax, name in zip(axes[0], names, strict=False):
-        points = [(t.params[name], _value(t), t.state) for t in study.trials if name in t.params and _value(t)]
+def _plot_params(study: optuna.Study, settings: dict[str, Any], path: Path) -> None:
+    choices = settings["space"]["variable"]
+    fig, axes = plt.subplots(1, len(choices), figsize=(4 * len(choices), 3.5), squeeze=False)
+    for ax, (name, values) in zip(axes[0], choices.items(), strict=True):
         for state, marker in ((TrialState.COMPLETE, "o"), (TrialState.PRUNED, "x")):
-            sel = [(str(p), v) for p, v, s in points if s == state]
-            if sel:
-                ax.scatter(*zip(*sel, strict=True), marker=marker, label=state.name.lower())
+            points = [
+                (values.index(t.params[name]), _value(t))
+                for t in study.trials
+                if t.state == state and t.params.get(name) in values and _value(t) is not None
+            ]
+            if points:
+                ax.scatter(*zip(*points, strict=True), marker=marker, label=state.name.lower())
+        ax.set_xticks(range(len(values)), [str(v) for v in values])
         ax.set(xlabel=name, ylabel="smoothed return")
         ax.legend(fontsize=7)
     fig.suptitle("Effect of each parameter (pruned: best reported value)")
@@ -302,5 +306,5 @@ def write_report(study: optuna.Study, output_dir: Path) -> None:
     plots.mkdir(exist_ok=True)
     _plot_curves(study, settings, plots / "learning_curves.png")
     _plot_history(study, plots / "optimization_history.png")
-    _plot_params(study, plots / "param_effects.png")
+    _plot_params(study, settings, plots / "param_effects.png")
     (output_dir / "SUMMARY.md").write_text(_summary(study, settings, df, top, output_dir))
