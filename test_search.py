@@ -6,6 +6,7 @@ the pruning test uses a scripted stand-in trainer so that which trials are prune
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shlex
@@ -17,6 +18,8 @@ from pathlib import Path
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
 
 import optuna  # noqa: E402
 import pandas as pd  # noqa: E402
@@ -27,7 +30,7 @@ from jepa_dreamer.dreamer_v3_jepa import TrainResult  # noqa: E402
 from jepa_dreamer.evaluate import EvalResult  # noqa: E402
 from jepa_search.cli import main, run_search  # noqa: E402
 from jepa_search.objective import Objective  # noqa: E402
-from jepa_search.settings import build_parser, settings_from_args  # noqa: E402
+from jepa_search.settings import build_parser, mask_password, settings_from_args  # noqa: E402
 from jepa_search.space import DEFAULT_SPACE_FILE, load_space, to_overrides  # noqa: E402
 from jepa_search.study import check_resumable, make_pruner, make_sampler, open_study  # noqa: E402
 from jepa_search.trial import HISTORY_COLUMNS, smoothed, trial_overrides  # noqa: E402
@@ -352,7 +355,7 @@ SMALL = [
 def dry_run(tmp_path_factory) -> Path:
     """A real small dry-run search of 2 trials, shared by the tests below (the last one adds a trial)."""
     out = tmp_path_factory.mktemp("dry") / "runs"
-    assert main([*SMALL, "--n-trials", "2", "--output-dir", str(out), "--tensorboard"]) == 0
+    assert main([*SMALL, "--n-trials", "2", "--output-dir", str(out), "--tensorboard", "--wandb-project", "jepa"]) == 0
     return out
 
 
@@ -391,6 +394,42 @@ def tensorboard_scalars(folder: Path) -> set[str]:
     events = EventAccumulator(str(next(folder.rglob("events.out.tfevents.*")).parent))
     events.Reload()
     return set(events.Tags()["scalars"])
+
+
+def _key(item) -> str:
+    return item.key or "/".join(item.nested_key)
+
+
+def test_wandb_offline_holds_one_run_per_trial_with_its_evaluation_curve(dry_run):
+    from tests.helpers import wandb_records
+
+    for t in _study(dry_run).trials:
+        (path,) = (dry_run / f"trial_{t.number}").rglob("offline-run-*/run-*.wandb")
+        records = list(wandb_records(path))
+        (run,) = [r.run for r in records if r.WhichOneof("record_type") == "run"]
+        assert run.display_name == f"trial_{t.number}" and run.run_group == "jepa-phase1-dmc-walker_walk-dry-run"
+        config = {_key(i): json.loads(i.value_json) for i in run.config.update}
+        assert config["params"] == t.params and config["settings"]["study_name"] == run.run_group
+        curve = [
+            {_key(i): json.loads(i.value_json) for i in r.history.item}
+            for r in records
+            if r.WhichOneof("record_type") == "history"
+        ]
+        history = pd.read_csv(dry_run / f"trial_{t.number}" / "history.csv")
+        assert [c["_step"] for c in curve] == list(history["step"])
+        assert [c["eval/smoothed_return"] for c in curve] == pytest.approx(list(history["smoothed_return"]))
+        summary = {}
+        for r in records:
+            if r.WhichOneof("record_type") == "summary":
+                summary.update({_key(i): json.loads(i.value_json) for i in r.summary.update})
+        assert summary["state"] == t.state.name
+
+
+def test_passwords_in_storage_urls_are_masked(tmp_path):
+    s = settings_for(tmp_path)
+    s = dataclasses.replace(s, storage="postgresql://search:s3cret@db.example:5432/optuna")
+    assert "s3cret" not in json.dumps(s.as_dict()) and "***" in s.as_dict()["storage"]
+    assert mask_password("sqlite:////tmp/x.db") == "sqlite:////tmp/x.db"
 
 
 def test_study_artifacts_match_the_trials_and_are_rebuilt_by_report_only(dry_run):

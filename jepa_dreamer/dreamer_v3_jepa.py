@@ -22,13 +22,14 @@ from sheeprl.algos.dreamer_v2.utils import env_buffer_size, sample_batches
 from sheeprl.algos.dreamer_v3.utils import prepare_obs
 from sheeprl.data.buffers import EnvIndependentReplayBuffer, SequentialReplayBuffer
 from sheeprl.utils import fs
-from sheeprl.utils.env import get_episode_stats, get_vector_env_cls, make_env
+from sheeprl.utils.env import get_episode_stats, make_env
 from sheeprl.utils.logger import get_log_dir, get_logger
 from sheeprl.utils.metric import MetricAggregator
 from sheeprl.utils.registry import register_algorithm
 from sheeprl.utils.timer import timer
 from sheeprl.utils.utils import off_policy_schedule, save_configs
 
+from jepa_dreamer.envs import make_vector_env
 from jepa_dreamer.evaluate import EvalHook, EvalResult, Evaluator
 from jepa_dreamer.learner import Learner
 
@@ -59,11 +60,12 @@ class EnvLoop:
         self.fabric = fabric
         self.n_envs = int(cfg.env.num_envs)
         rank = fabric.global_rank
-        self.envs = get_vector_env_cls(cfg.env.sync_env)(
+        self.envs = make_vector_env(
+            cfg,
             [
                 make_env(cfg, cfg.seed + rank * self.n_envs + i, rank * self.n_envs, log_dir, "train", vector_env_idx=i)
                 for i in range(self.n_envs)
-            ]
+            ],
         )
         self.envs.action_space.seed(cfg.seed + rank)
         space = self.envs.single_action_space

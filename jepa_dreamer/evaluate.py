@@ -18,7 +18,9 @@ import torch
 from lightning.fabric import Fabric
 from sheeprl.algos.dreamer_v3.agent import PlayerDV3
 from sheeprl.algos.dreamer_v3.utils import prepare_obs
-from sheeprl.utils.env import get_episode_stats, get_vector_env_cls, make_env
+from sheeprl.utils.env import get_episode_stats, make_env
+
+from jepa_dreamer.envs import make_vector_env
 
 # Evaluation environments are seeded from here on (plus the run's seed), far from the training seeds
 EVAL_SEED_OFFSET = 1_000_000
@@ -86,8 +88,8 @@ class Evaluator:
         self.n_envs = max(1, min(self.episodes, int(cfg.algo.eval.num_envs)))
         self.is_continuous = is_continuous
         self.seed = int(cfg.seed) + EVAL_SEED_OFFSET
-        self.envs = get_vector_env_cls(cfg.env.sync_env)(
-            [make_env(cfg, self.seed + i, 0, None, "eval", vector_env_idx=i) for i in range(self.n_envs)]
+        self.envs = make_vector_env(
+            cfg, [make_env(cfg, self.seed + i, 0, None, "eval", vector_env_idx=i) for i in range(self.n_envs)]
         )
         # Shares the modules (and so the weights) of the training player, not its recurrent states
         self.player = PlayerDV3(

@@ -28,6 +28,7 @@ from jepa_dreamer.evaluate import EvalHook, EvalResult
 from jepa_dreamer.runner import TINY_MODEL_OVERRIDES, compose_config, output_overrides, run
 from jepa_search.settings import SearchSettings
 from jepa_search.space import to_overrides
+from jepa_search.tracking import WandbTrial
 
 Trainer = Callable[[DictConfig, EvalHook], TrainResult]
 SMOOTHING_WINDOW = 3
@@ -145,8 +146,16 @@ def _device(accelerator: str) -> str:
 class PruningHook:
     """After each evaluation: the history row, the smoothed return reported to Optuna, and the pruning decision."""
 
-    def __init__(self, trial: optuna.Trial, spec: TrialSpec, action_repeat: int, progress: Callable[[str], None]):
+    def __init__(
+        self,
+        trial: optuna.Trial,
+        spec: TrialSpec,
+        action_repeat: int,
+        progress: Callable[[str], None],
+        tracker: WandbTrial | None = None,
+    ):
         self.trial = trial
+        self.tracker = tracker
         self.spec = spec
         self.action_repeat = action_repeat
         self.progress = progress
@@ -173,6 +182,8 @@ class PruningHook:
         self.history.append(row)
         with self.path.open("a", newline="") as f:
             csv.writer(f).writerow([row[c] for c in HISTORY_COLUMNS])
+        if self.tracker is not None:
+            self.tracker.log_evaluation(row)
         if not math.isfinite(value):
             raise FloatingPointError(f"non-finite evaluation return {result.mean} at step {result.policy_step}")
         self.trial.report(value, step=result.index)
@@ -234,13 +245,16 @@ def run_trial(
     folder.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     hook: PruningHook | None = None
+    tracker: WandbTrial | None = None
     state, reason, steps, action_repeat, device = "FAIL", None, 0, 1, "cpu"
     with (folder / "training.log").open("a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
         try:
             cfg = compose_config(spec.overrides)
             action_repeat = int(cfg.env.action_repeat)
             device = _device(cfg.fabric.accelerator)
-            hook = PruningHook(trial, spec, action_repeat, progress)
+            if spec.settings.get("wandb_project"):
+                tracker = WandbTrial(spec.settings["wandb_project"], spec)
+            hook = PruningHook(trial, spec, action_repeat, progress, tracker)
             result = trainer(cfg, hook)
             steps = result.policy_steps
             state = "PRUNED" if hook.pruned else "COMPLETE"
@@ -253,6 +267,8 @@ def run_trial(
                 steps = hook.history[-1]["step"]
             results = _results(spec, hook, state, time.perf_counter() - started, reason, steps, action_repeat, device)
             (folder / "results.json").write_text(json.dumps(results, indent=2))
+            if tracker is not None:
+                tracker.finish(results)
             # The replay buffer of a finished trial is only disk space
             for buffer in folder.glob("run/version_*/memmap_buffer"):
                 shutil.rmtree(buffer, ignore_errors=True)

@@ -1,9 +1,14 @@
 """Configurations shared by the tests."""
 
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+
 import gymnasium as gym
 import numpy as np
 from omegaconf import OmegaConf
 from sheeprl.utils.utils import dotdict
+from wandb.proto import wandb_internal_pb2 as pb
 
 from jepa_dreamer.runner import TINY_MODEL_OVERRIDES, compose_config
 
@@ -30,3 +35,28 @@ def resolved_cfg(*overrides: str) -> dotdict:
     """The tiny run's configuration, resolved as SheepRL's launcher passes it to the algorithm."""
     cfg = compose_config([*TINY_RUN, *overrides])
     return dotdict(OmegaConf.to_container(cfg, resolve=True))
+
+
+BLOCK, HEADER = 32768, 7
+
+
+def wandb_records(path: Path) -> Iterator[pb.Record]:
+    """The records of an offline .wandb file (a LevelDB-style log of protobuf `Record`s)."""
+    data = Path(path).read_bytes()
+    assert data[:4] == b":W&B", data[:8]
+    pos, chunks = 7, []
+    while pos + HEADER <= len(data):
+        left = BLOCK - pos % BLOCK
+        if left < HEADER:
+            pos += left
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos : pos + HEADER])
+        chunks.append(data[pos + HEADER : pos + HEADER + length])
+        pos += HEADER + length
+        if kind in (1, 4):  # FULL or LAST
+            record = pb.Record()
+            record.ParseFromString(b"".join(chunks))
+            chunks = []
+            yield record
+        elif kind == 0:
+            break
