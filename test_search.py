@@ -544,6 +544,26 @@ def test_sigkilled_trial_is_detected_by_heartbeat_and_retried_with_the_same_para
     assert json.loads((out / "trial_1" / "results.json").read_text())["state"] == "COMPLETE"
 
 
+def test_readme_quick_start_is_the_seed_dry_run_and_runs_twice(tmp_path):
+    """The README's quick check (the seed's dry-run command): 4 real trials, files, then a rerun adds nothing."""
+    readme = (REPO / "README_HYPERPARAMETER_SEARCH.md").read_text()
+    block = readme.split("Quick check")[1].split("```bash")[1].split("```")[0]
+    command = shlex.split(block.replace("\\\n", " "))
+    assert command[:2] == ["python", "search_phase1.py"] and "--dry-run" in command
+    command = [sys.executable, *command[1:]]
+    command[command.index("--output-dir") + 1] = str(tmp_path / "test_runs")
+    started = time.perf_counter()
+    first = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
+    print(f"seed dry run: {time.perf_counter() - started:.0f}s")
+    table = pd.read_csv(tmp_path / "test_runs" / "results.csv")
+    assert len(table) == 4 and set(table["state"]) <= {"COMPLETE", "PRUNED"} and (table["steps"] == 2000).all()
+    assert (tmp_path / "test_runs" / "SUMMARY.md").exists()
+    second = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0 and "4/4 finished" in second.stdout
+    assert len(pd.read_csv(tmp_path / "test_runs" / "results.csv")) == 4
+
+
 def test_cli_entry_point_runs_as_a_script(tmp_path):
     out = subprocess.run([sys.executable, str(REPO / "search_phase1.py"), "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "--fidelity-frac" in out.stdout and "--dry-run" in out.stdout

@@ -23,7 +23,7 @@ from jepa_dreamer.runner import compose_config
 from jepa_search.objective import Objective
 from jepa_search.report import write_report
 from jepa_search.settings import SearchSettings, UsageError, build_parser, mask_password, settings_from_args
-from jepa_search.study import check_resumable, finished_count, open_study, retry_callback
+from jepa_search.study import FINISHED, check_resumable, finished_count, open_study, retry_callback
 from jepa_search.trial import trial_overrides
 
 
@@ -64,10 +64,14 @@ def run_search(study: optuna.Study, settings: SearchSettings, objective: Objecti
         if trial.state == TrialState.FAIL:
             failures += 1
             retry(study, trial)  # queued again with the same parameters, up to --max-retries times
+        done = study.get_trials(deepcopy=False, states=FINISHED)
+        pruned = sum(t.state == TrialState.PRUNED for t in done)
+        seconds = [(t.datetime_complete - t.datetime_start).total_seconds() for t in done if t.datetime_start]
+        left = sum(seconds) / len(seconds) * max(0, settings.n_trials - len(done)) if seconds else 0.0
         progress(
             f"trial {trial.number} {trial.state.name.lower()}"
             + (f" value {trial.value:.2f}" if trial.value is not None else "")
-            + f"; finished {finished_count(study)}/{settings.n_trials}"
+            + f"; finished {len(done)}/{settings.n_trials} ({pruned} pruned), about {left / 3600:.1f} h left"
         )
 
     while finished_count(study) < settings.n_trials:

@@ -161,6 +161,7 @@ class PruningHook:
         self.progress = progress
         self.history: list[dict[str, Any]] = []
         self.pruned = False
+        self.started = time.perf_counter()
         self.path = Path(spec.trial_dir) / "history.csv"
         with self.path.open("w", newline="") as f:
             csv.writer(f).writerow(HISTORY_COLUMNS)
@@ -191,9 +192,13 @@ class PruningHook:
         final = result.index >= self.spec.n_evaluations
         if not final and result.index >= self.spec.grace_evaluations and self.trial.should_prune():
             self.pruned = True
+        total = self.spec.settings.get("trial_steps", result.policy_step)
+        elapsed = time.perf_counter() - self.started
+        left = elapsed / result.policy_step * max(0, total - result.policy_step)
         self.progress(
-            f"trial {self.spec.number} eval {result.index} step {result.policy_step}: return {result.mean:.1f} "
-            f"smoothed {value:.1f}" + (" -> pruned" if self.pruned else "")
+            f"trial {self.spec.number} {self.spec.params} eval {result.index}/{self.spec.n_evaluations} step "
+            f"{result.policy_step}/{total}: return {result.mean:.1f} smoothed {value:.1f}"
+            + (" -> pruned" if self.pruned else f", about {left / 60:.0f} min left in this trial")
         )
         return self.pruned
 
