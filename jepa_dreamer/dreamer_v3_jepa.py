@@ -242,6 +242,8 @@ def train(fabric: Fabric, cfg: dict[str, Any], hook: EvalHook | None = None) -> 
                 for batch in sample_batches(fabric, cfg, rb, gradient_steps):
                     learner.train_step(batch, aggregator, measure_ratio=measure_ratio and learner.heads is not None)
                     measure_ratio = False
+                if gradient_steps > 0:
+                    learner.raise_if_diverged(policy_step)
 
             last_iter = iter_num == total_iters
             stopping = False

@@ -91,6 +91,8 @@ class Learner:
         if "moments" in state:
             self.moments.load_state_dict(state["moments"])
         self.gradient_steps = int(state.get("per_rank_gradient_steps", 0))
+        # Whether every loss since the start was finite: kept on the device, read once per iteration
+        self._finite = torch.ones((), dtype=torch.bool, device=fabric.device)
 
     def world_model_step(
         self, data: dict[str, Tensor], measure_ratio: bool
@@ -131,6 +133,7 @@ class Learner:
                     metrics["Grads/encoder_jepa_over_recon"] = (
                         _grad_norm(self.jepa_coef * jepa, encoder_params) / _grad_norm(dv3_loss, encoder_params)
                     ).detach()
+        self._finite &= torch.isfinite(loss.detach())
         grads = update(
             fabric, loss, self.world_optimizer, cfg.algo.world_model.clip_gradients, error_if_nonfinite=False
         )
@@ -166,6 +169,7 @@ class Learner:
             self.is_continuous,
             self.actions_dim,
         )
+        self._finite &= torch.isfinite(behaviour["policy_loss"]) & torch.isfinite(behaviour["value_loss"])
         if aggregator is not None and not aggregator.disabled:
             metrics["Loss/policy_loss"] = behaviour["policy_loss"]
             metrics["Loss/value_loss"] = behaviour["value_loss"]
@@ -178,6 +182,12 @@ class Learner:
         for opt in (self.world_optimizer, self.actor_optimizer, self.critic_optimizer):
             opt.zero_grad(set_to_none=True)
         self.gradient_steps += 1
+
+    def raise_if_diverged(self, policy_step: int) -> None:
+        """Fail fast on a NaN or infinite loss. One host sync, once per iteration (acting syncs there anyway):
+        a diverged run is a failure with its step, never a low score."""
+        if not bool(self._finite):
+            raise FloatingPointError(f"non-finite loss at step {policy_step}")
 
     def state_dict(self) -> dict[str, Any]:
         """The learner's part of a checkpoint (the loop adds counters and the replay buffer)."""

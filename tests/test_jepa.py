@@ -162,3 +162,14 @@ def test_world_model_step_updates_the_ema_target_and_logs_the_jepa_metrics():
     online = dict(learner.world_model.encoder.module.named_parameters())
     for name, p in learner.heads.target_encoder.named_parameters():
         torch.testing.assert_close(p, 0.5 * target_before[name] + 0.5 * online[name])
+
+
+def test_a_non_finite_loss_fails_with_its_step():
+    learner = _learner(resolved_cfg("algo.jepa_coef=1.0"))
+    learner.train_step(_batch(), None, measure_ratio=False)
+    learner.raise_if_diverged(100)  # finite so far
+    data = _batch()
+    data["rgb"][2, 1, 0, 5, 5] = float("nan")
+    learner.train_step(data, None, measure_ratio=False)
+    with pytest.raises(FloatingPointError, match="non-finite loss at step 1234"):
+        learner.raise_if_diverged(1234)
