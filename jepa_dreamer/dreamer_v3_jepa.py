@@ -239,9 +239,14 @@ def train(fabric: Fabric, cfg: dict[str, Any], hook: EvalHook | None = None) -> 
                 gradient_steps = ratio((policy_step - (train_starts - 1) * steps_per_iter) / world_size)
                 if iter_num == train_starts:
                     gradient_steps += pretrain_steps
-                for batch in sample_batches(fabric, cfg, rb, gradient_steps):
-                    learner.train_step(batch, aggregator, measure_ratio=measure_ratio and learner.heads is not None)
-                    measure_ratio = False
+                try:
+                    for batch in sample_batches(fabric, cfg, rb, gradient_steps):
+                        learner.train_step(batch, aggregator, measure_ratio=measure_ratio and learner.heads is not None)
+                        measure_ratio = False
+                except RuntimeError:
+                    # NaN weights usually break a sampling op before the check below: name the cause
+                    learner.raise_if_diverged(policy_step)
+                    raise
                 if gradient_steps > 0:
                     learner.raise_if_diverged(policy_step)
 
