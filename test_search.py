@@ -26,14 +26,13 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 import yaml  # noqa: E402
 
-from jepa_dreamer.dreamer_v3_jepa import TrainResult  # noqa: E402
-from jepa_dreamer.evaluate import EvalResult  # noqa: E402
 from jepa_search.cli import main, run_search  # noqa: E402
 from jepa_search.objective import Objective  # noqa: E402
 from jepa_search.settings import build_parser, mask_password, settings_from_args  # noqa: E402
 from jepa_search.space import DEFAULT_SPACE_FILE, load_space, to_overrides  # noqa: E402
 from jepa_search.study import check_resumable, make_pruner, make_sampler, open_study  # noqa: E402
 from jepa_search.trial import HISTORY_COLUMNS, smoothed, trial_overrides  # noqa: E402
+from tests.helpers import scripted_trainer  # noqa: E402
 
 REPO = Path(__file__).resolve().parent
 
@@ -283,21 +282,6 @@ def test_fidelity_outside_the_usual_range_warns(tmp_path):
 
 
 # --- pruning, with a scripted trainer -------------------------------------------------------------------------------
-
-
-def scripted_trainer(cfg, hook) -> TrainResult:
-    """Evaluation returns that grow with jepa_coef: the low-coefficient trials are the ones to prune."""
-    every, total = cfg.algo.eval.every, cfg.algo.total_steps
-    result = TrainResult(log_dir="")
-    for index, step in enumerate(range(every, total + 1, every), start=1):
-        value = 100.0 * cfg.algo.jepa_coef + index
-        ev = EvalResult(index, step, (value, value), (100, 100), 0.0)
-        result.evaluations.append(ev)
-        result.policy_steps = step
-        if hook(ev):
-            result.stopped_early = True
-            break
-    return result
 
 
 @pytest.mark.parametrize("pruner", ["asha", "hyperband"])

@@ -17,6 +17,7 @@ from pathlib import Path
 import optuna
 from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
+from optuna.storages import fail_stale_trials
 from optuna.trial import FrozenTrial, TrialState
 
 from jepa_dreamer.runner import compose_config
@@ -73,8 +74,16 @@ def run_search(study: optuna.Study, settings: SearchSettings, objective: Objecti
             + (f" value {trial.value:.2f}" if trial.value is not None else "")
             + f"; finished {len(done)}/{settings.n_trials} ({pruned} pruned), about {left / 3600:.1f} h left"
         )
+        write_report(study, settings.output_dir)
 
-    while finished_count(study) < settings.n_trials:
+    while True:
+        # A trial whose worker died is failed (and queued again) now, not only when a worker starts a trial
+        fail_stale_trials(study)
+        trials = study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING))
+        # Trials other workers are running count, so several workers stop together at n_trials (or a few more, when
+        # two of them start a trial at the same moment)
+        if len(trials) >= settings.n_trials:
+            break
         # Every trial failing (a broken environment, say) must not loop forever: each may fail and be retried
         if failures >= settings.n_trials * (settings.max_retries + 1):
             progress(f"stopping: {failures} trials failed in this run (see trial_*/results.json for the reasons)")
@@ -149,5 +158,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         signal.signal(signal.SIGTERM, previous)
         write_report(study, settings.output_dir)
-    progress(f"done: {finished_count(study)} finished trials in {settings.study_name}")
+    running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+    progress(
+        f"done: {finished_count(study)} finished trials in {settings.study_name}"
+        + (f", {running} still running in other workers" if running else "")
+    )
     return code

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Sets up everything on a fresh Debian machine: the EGL libraries MuJoCo renders with, a virtual environment
+# Sets up everything on a fresh Debian machine: the EGL libraries MuJoCo renders with, PostgreSQL for the tests, a
+# virtual environment
 # (.venv) with the pinned requirements, and this project installed in it (packages + Hydra plugin).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,6 +9,8 @@ missing=()
 ldconfig -p | grep -q 'libEGL.so.1' || missing+=(libegl1 libegl-mesa0 libgl1-mesa-dri)
 ldconfig -p | grep -q 'libOpenGL.so.0' || missing+=(libopengl0)
 ldconfig -p | grep -q 'libGL.so.1' || missing+=(libgl1)
+# The tests start their own PostgreSQL server (several search workers on one study)
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
 if [ ${#missing[@]} -gt 0 ]; then
   SUDO=$([ "$(id -u)" -eq 0 ] && echo "" || echo sudo)
   $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null

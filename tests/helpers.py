@@ -10,6 +10,8 @@ from omegaconf import OmegaConf
 from sheeprl.utils.utils import dotdict
 from wandb.proto import wandb_internal_pb2 as pb
 
+from jepa_dreamer.dreamer_v3_jepa import TrainResult
+from jepa_dreamer.evaluate import EvalResult
 from jepa_dreamer.runner import TINY_MODEL_OVERRIDES, compose_config
 
 # A tiny DMC walker run on the CPU: 2 envs, episodes of 100 policy steps, small buffer, no videos
@@ -60,3 +62,22 @@ def wandb_records(path: Path) -> Iterator[pb.Record]:
             yield record
         elif kind == 0:
             break
+
+
+def scripted_trainer(cfg, hook, seconds_per_eval: float = 0.0) -> TrainResult:
+    """A stand-in for `jepa_dreamer.runner.run` with known returns, growing with `jepa_coef`: the low-coefficient
+    trials are the ones to prune. It calls the hook as the real loop does, and stops when the hook says so."""
+    import time
+
+    every, total = cfg.algo.eval.every, cfg.algo.total_steps
+    result = TrainResult(log_dir="")
+    for index, step in enumerate(range(every, total + 1, every), start=1):
+        time.sleep(seconds_per_eval)
+        value = 100.0 * cfg.algo.jepa_coef + index
+        ev = EvalResult(index, step, (value, value), (100, 100), 0.0)
+        result.evaluations.append(ev)
+        result.policy_steps = step
+        if hook(ev):
+            result.stopped_early = True
+            break
+    return result

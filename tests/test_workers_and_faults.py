@@ -1,0 +1,193 @@
+"""Several worker processes on one study (SQLite, and a real PostgreSQL server started here), and faults inside
+trials. The trials use the scripted trainer (tests/helpers.py): these tests are about the search, not training."""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+from optuna.trial import TrialState
+
+from jepa_search.cli import run_search
+from jepa_search.objective import Objective
+from jepa_search.settings import build_parser, settings_from_args
+from jepa_search.study import open_study
+from tests.helpers import scripted_trainer
+
+REPO = Path(__file__).resolve().parents[1]
+WORKERS = 4
+
+
+def _args(out: Path, *extra: str) -> list[str]:
+    return [
+        "--env",
+        "dmc",
+        "--full-steps",
+        "20000",
+        "--fidelity-frac",
+        "0.4",
+        "--eval-every",
+        "1000",
+        "--output-dir",
+        str(out),
+        *extra,
+    ]
+
+
+def _run_workers(argv: list[str]) -> list[str]:
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "tests.scripted_worker", *argv],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for _ in range(WORKERS)
+    ]
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    for p, out in zip(procs, outputs, strict=True):
+        assert p.returncode == 0, out[-3000:]
+    return outputs
+
+
+def _check_shared_study(study: optuna.Study, out: Path, n_trials: int, outputs: list[str]) -> None:
+    trials = study.get_trials()
+    states = [t.state for t in trials]
+    assert all(s in (TrialState.COMPLETE, TrialState.PRUNED) for s in states), states
+    # Workers count the trials the others are running; two that check at the same moment may both start one
+    assert n_trials <= len(trials) <= n_trials + WORKERS - 1
+    for t in trials:
+        assert json.loads((out / f"trial_{t.number}" / "results.json").read_text())["number"] == t.number
+    started = [line for o in outputs for line in o.splitlines() if " started: " in line]
+    assert len(started) == len(trials)  # no trial ran twice
+    assert sum(1 for o in outputs if " started: " in o) >= 2  # the work was really shared
+    assert not any("database is locked" in o for o in outputs)
+
+
+def test_four_workers_share_one_sqlite_study(tmp_path):
+    out = tmp_path / "sqlite"
+    argv = _args(out, "--n-trials", "10")
+    settings = settings_from_args(build_parser().parse_args(argv))
+    out.mkdir()
+    study = open_study(settings)
+    outputs = _run_workers(argv)
+    _check_shared_study(study, out, 10, outputs)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    """A PostgreSQL server of Debian's packages on a local port, with a temporary data folder."""
+    bins = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    if not bins:
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL is not installed: scripts/setup.sh installs Debian's postgresql")
+        pytest.skip("PostgreSQL is not installed (scripts/setup.sh installs it)")
+    bindir = bins[-1].parent
+    # Not under pytest's temporary folder: that one is private to this user, and the server runs as `postgres`
+    root = Path(tempfile.mkdtemp(prefix="jepa-search-pg-"))
+    data = root / "data"
+    data.mkdir()
+    as_user = []
+    if os.geteuid() == 0:  # initdb refuses to run as root
+        shutil.chown(root, "postgres")
+        shutil.chown(data, "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    port = _free_port()
+    subprocess.run(
+        [*as_user, str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"],
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run(
+        [
+            *as_user,
+            str(bindir / "pg_ctl"),
+            "-D",
+            str(data),
+            "-w",
+            "-l",
+            str(data / "log"),
+            "-o",
+            f"-p {port} -k {data} -c listen_addresses=127.0.0.1",
+            "start",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    try:
+        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"], capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_four_workers_share_one_postgresql_study(tmp_path, postgres):
+    out = tmp_path / "pg"
+    argv = _args(out, "--n-trials", "10", "--storage", postgres)
+    settings = settings_from_args(build_parser().parse_args(argv))
+    out.mkdir()
+    study = open_study(settings)
+    assert not (out / "study.db").exists()  # the study lives in PostgreSQL
+    outputs = _run_workers(argv)
+    _check_shared_study(study, out, 10, outputs)
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        RuntimeError("the environment crashed"),
+        torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+        FloatingPointError("non-finite loss at step 3000"),
+    ],
+    ids=["exception", "oom", "nan"],
+)
+def test_a_fault_fails_the_trial_is_retried_then_left_failed_and_the_study_goes_on(tmp_path, fault):
+    space = tmp_path / "space.yaml"
+    space.write_text("variable:\n  jepa_coef: [0.3, 3.0]\n")
+    settings = settings_from_args(
+        build_parser().parse_args(
+            _args(
+                tmp_path / "out", "--n-trials", "3", "--max-retries", "1", "--search-space", str(space), "--seed0", "1"
+            )
+        )
+    )
+    settings.output_dir.mkdir()
+
+    def faulty(cfg, hook):
+        if cfg.algo.jepa_coef == 0.3:
+            raise fault
+        return scripted_trainer(cfg, hook)
+
+    study = open_study(settings)
+    assert run_search(study, settings, Objective(settings, print, trainer=faulty)) == 0
+    failed = [t for t in study.trials if t.state == TrialState.FAIL]
+    assert failed and all(t.params["jepa_coef"] == 0.3 for t in failed)
+    finished = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(finished) == 3 and all(t.params["jepa_coef"] == 3.0 for t in finished)
+    reason = f"{type(fault).__name__}: {fault}"
+    for t in failed:
+        results = json.loads((settings.output_dir / f"trial_{t.number}" / "results.json").read_text())
+        assert results["state"] == "FAIL" and results["fail_reason"] == reason
+        assert t.user_attrs["fail_reason"] == reason
+    # Each failed configuration was tried once more, then left failed
+    retries = [t for t in failed if t.system_attrs.get("failed_trial") is not None]
+    firsts = [t for t in failed if t.system_attrs.get("failed_trial") is None]
+    assert len(retries) == len(firsts) and {t.system_attrs["failed_trial"] for t in retries} == {
+        t.number for t in firsts
+    }
+    summary = (settings.output_dir / "SUMMARY.md").read_text()
+    assert f"trial {failed[0].number}: {reason}" in summary
