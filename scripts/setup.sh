@@ -1,7 +1,6 @@
 #!/usr/bin/env bash
-# Sets up everything on a fresh Debian machine: the EGL libraries MuJoCo renders with, PostgreSQL for the tests, a
-# virtual environment
-# (.venv) with the pinned requirements, and this project installed in it (packages + Hydra plugin).
+# Sets up everything on a fresh Debian machine: the EGL libraries MuJoCo renders with, PostgreSQL for the tests,
+# a virtual environment (.venv) with the pinned requirements, and this project installed in it (packages + plugin).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
