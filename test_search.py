@@ -513,19 +513,49 @@ def test_sigterm_records_the_trial_and_queues_it_again(tmp_path):
     assert study.trials[1].params == study.trials[0].params
 
 
-def test_sigkilled_trial_is_detected_by_heartbeat_and_retried_with_the_same_parameters(tmp_path):
-    out = tmp_path / "kill"
-    proc = _start_search(out, "--heartbeat-interval", "1")
-    _wait_for_first_evaluation(out, proc)
+def _kill_when(out: Path, proc: subprocess.Popen, ready) -> None:
+    """SIGKILL the search once `ready(out)` holds (or it ended by itself), then wait out two heartbeats."""
+    for _ in range(1200):
+        if ready(out) or proc.poll() is not None:
+            break
+        time.sleep(0.25)
     proc.kill()
     proc.wait()
-    time.sleep(3)  # two missed heartbeats
-    assert main([*SMALL, "--n-trials", "1", "--output-dir", str(out), "--heartbeat-interval", "1"]) == 0
+    time.sleep(2.5)
+
+
+def _evaluations(out: Path) -> int:
+    return sum(len(p.read_text().splitlines()) - 1 for p in out.glob("trial_*/history.csv"))
+
+
+def test_killed_several_times_the_search_still_finishes_every_trial_exactly_once(tmp_path):
+    out = tmp_path / "kills"
+    extra = ("--fidelity-frac", "0.4", "--pruner", "none", "--heartbeat-interval", "1", "--n-trials", "2")
+    argv = [*SMALL, *extra, "--output-dir", str(out)]
+    # After the first checkpoint; while a restarted search sets up; after the restarted search's first evaluation
+    _kill_when(out, _start_search(out, *extra), lambda o: any(o.glob("trial_*/run/version_*/checkpoint/*.ckpt")))
+    deadline = time.monotonic() + 3
+    _kill_when(out, _start_search(out, *extra), lambda o: time.monotonic() > deadline)
+    before = _evaluations(out)
+    _kill_when(out, _start_search(out, *extra), lambda o: _evaluations(o) > before)
+    assert main(argv) == 0
+
     study = optuna.load_study(study_name="jepa-phase1-dmc-walker_walk-dry-run", storage=f"sqlite:///{out}/study.db")
-    first, retry = study.trials
-    assert first.state.name == "FAIL" and retry.state.name == "COMPLETE"
-    assert retry.params == first.params and retry.user_attrs["seed"] == first.user_attrs["seed"] == 3
-    assert json.loads((out / "trial_1" / "results.json").read_text())["state"] == "COMPLETE"
+    trials = study.get_trials()
+    finished = [t for t in trials if t.state.name in ("COMPLETE", "PRUNED")]
+    assert len(finished) == 2 and not [t for t in trials if t.state.name == "RUNNING"]
+    roots = [t.system_attrs.get("retry_history", [t.number])[0] for t in finished]
+    assert len(set(roots)) == 2  # no configuration finished twice
+    for t in trials:
+        results = json.loads((out / f"trial_{t.number}" / "results.json").read_text())
+        assert results["state"] == t.state.name and results["params"] == t.params
+    resumed = [json.loads((out / f"trial_{t.number}" / "results.json").read_text()) for t in finished]
+    resumed = [r for r in resumed if r.get("resumed_from")]
+    assert resumed, "no retried trial continued from a checkpoint"
+    for r in resumed:
+        history = pd.read_csv(out / f"trial_{r['number']}" / "history.csv")
+        assert list(history["eval_index"]) == list(range(1, len(history) + 1)) and r["steps"] == 1024
+    assert not list(out.glob("trial_*/run/version_*/memmap_buffer"))  # finished trials leave no buffers behind
 
 
 def test_readme_quick_start_is_the_seed_dry_run_and_runs_twice(tmp_path):

@@ -71,7 +71,10 @@ def run(cfg: DictConfig, hook: EvalHook | None = None) -> TrainResult:
     GPU memory held by the run is released when it returns or raises, so the next run starts clean.
     """
     if cfg.checkpoint.resume_from:
+        # SheepRL continues with the checkpoint's configuration; the outputs still go where this run was told
+        log_root = cfg.log_root
         cfg = resume_from_checkpoint(cfg)
+        cfg.log_root = log_root
     cfg = dotdict(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True))
     check_configs(cfg)
     os.environ["OMP_NUM_THREADS"] = str(cfg.num_threads)

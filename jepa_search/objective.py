@@ -11,12 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.storages import RetryHeartbeatStaleTrialCallback
 
 from jepa_dreamer.runner import run
 from jepa_search.settings import SearchSettings, mask_password
 from jepa_search.space import suggest
 from jepa_search.study import root_number
-from jepa_search.trial import Trainer, TrialSpec, run_trial, trial_dir_name, trial_overrides
+from jepa_search.trial import Trainer, TrialSpec, latest_checkpoint, run_trial, trial_dir_name, trial_overrides
 
 WRAPPER = Path(__file__).resolve().parents[1] / "train_wrapper.py"
 # The child process of --isolation subprocess reads the storage URL from here: it may hold a password, which the
@@ -41,21 +42,28 @@ def _frozen(trial: optuna.Trial) -> optuna.trial.FrozenTrial:
 
 
 def make_spec(settings: SearchSettings, trial: optuna.Trial, params: dict[str, Any]) -> TrialSpec:
-    seed = settings.seed0 + root_number(_frozen(trial))
+    """The trial's spec; a retry continues from the newest checkpoint of the earlier tries of its configuration."""
+    frozen = _frozen(trial)
+    seed = settings.seed0 + root_number(frozen)
     folder = settings.output_dir / trial_dir_name(trial.number)
+    overrides = trial_overrides(settings, params, seed, folder)
+    checkpoint = latest_checkpoint(settings.output_dir, RetryHeartbeatStaleTrialCallback.retry_history(frozen))
+    if checkpoint is not None:
+        overrides.append(f"checkpoint.resume_from={checkpoint}")
     return TrialSpec(
         number=trial.number,
         trial_id=trial._trial_id,
         seed=seed,
         params=params,
         fixed=dict(settings.space.fixed),
-        overrides=trial_overrides(settings, params, seed, folder),
+        overrides=overrides,
         trial_dir=str(folder),
         grace_evaluations=settings.grace_evaluations,
         n_evaluations=settings.n_evaluations,
         study_name=settings.study_name,
         storage=mask_password(settings.storage),
         settings=settings.as_dict(),
+        resume_from=str(checkpoint) if checkpoint is not None else None,
     )
 
 

@@ -67,6 +67,7 @@ class SearchSettings:
     isolation: str = "inprocess"
     heartbeat_interval: int = 60
     max_retries: int = 2
+    checkpoint_every: int = 0
     warnings: tuple[str, ...] = field(default=(), compare=False)
 
     @property
@@ -171,6 +172,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--heartbeat-interval", type=int, default=60, help="seconds; a trial silent for 2x is stale")
     p.add_argument("--max-retries", type=int, default=2, help="retries of a failed or interrupted trial")
     p.add_argument(
+        "--checkpoint-every",
+        type=int,
+        help="policy steps between a trial's checkpoints (default: --eval-every; 0: none); a retried "
+        "trial resumes from its last one",
+    )
+    p.add_argument(
         "--report-only",
         action="store_true",
         help="rebuild results.csv, topk.json, best_config.yaml, SUMMARY.md and plots from the study, no training",
@@ -273,6 +280,8 @@ def settings_from_args(args: argparse.Namespace) -> SearchSettings:
     _positive("--heartbeat-interval", args.heartbeat_interval)
     if args.max_retries < 0:
         raise UsageError(f"--max-retries {args.max_retries} must be 0 or more")
+    if args.checkpoint_every is not None and args.checkpoint_every < 0:
+        raise UsageError(f"--checkpoint-every {args.checkpoint_every} must be 0 (none) or a number of steps")
     budget = round(args.fidelity_frac * args.full_steps)
     if budget < 1:
         raise UsageError(f"--fidelity-frac {args.fidelity_frac} x --full-steps {args.full_steps} is under one step")
@@ -325,5 +334,6 @@ def settings_from_args(args: argparse.Namespace) -> SearchSettings:
         isolation=args.isolation,
         heartbeat_interval=args.heartbeat_interval,
         max_retries=args.max_retries,
+        checkpoint_every=args.eval_every if args.checkpoint_every is None else args.checkpoint_every,
         warnings=tuple(notes),
     )

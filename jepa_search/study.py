@@ -6,6 +6,7 @@ machines, with a PostgreSQL URL) can share, and that a new run of the same comma
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +31,16 @@ def make_storage(settings: SearchSettings) -> RDBStorage:
         engine_kwargs=engine_kwargs,
         heartbeat_interval=settings.heartbeat_interval,
         grace_period=2 * settings.heartbeat_interval,
-        heartbeat_stale_trial_callback=retry_callback(settings),
+        heartbeat_stale_trial_callback=functools.partial(_on_stale, settings),
     )
+
+
+def _on_stale(settings: SearchSettings, study: optuna.Study, trial: FrozenTrial) -> None:
+    """A trial whose worker died: write its results.json (as failed), then queue it again."""
+    from jepa_search.trial import record_stale, trial_dir_name
+
+    record_stale(settings.output_dir / trial_dir_name(trial.number), trial)
+    retry_callback(settings)(study, trial)
 
 
 def retry_callback(settings: SearchSettings) -> RetryHeartbeatStaleTrialCallback:

@@ -87,6 +87,8 @@ class TrialSpec:
     study_name: str
     storage: str
     settings: dict[str, Any] = field(default_factory=dict)
+    # The checkpoint of an earlier try of this configuration that this one continues from
+    resume_from: str | None = None
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self), indent=2))
@@ -113,7 +115,8 @@ def trial_overrides(settings: SearchSettings, params: dict[str, Any], seed: int,
         f"fabric.accelerator={settings.device}",
         "env.capture_video=False",
         "checkpoint.save_last=False",
-        "checkpoint.every=0",
+        f"checkpoint.every={settings.checkpoint_every}",
+        "checkpoint.keep_last=1",
         f"metric.log_level={1 if settings.tensorboard else 0}",
     ]
     if settings.dry_run:
@@ -166,6 +169,19 @@ class PruningHook:
         with self.path.open("w", newline="") as f:
             csv.writer(f).writerow(HISTORY_COLUMNS)
 
+    def _record(self, row: dict[str, Any]) -> None:
+        self.history.append(row)
+        with self.path.open("a", newline="") as f:
+            csv.writer(f).writerow([row[c] for c in HISTORY_COLUMNS])
+        if self.tracker is not None:
+            self.tracker.log_evaluation(row)
+
+    def replay(self, rows: list[dict[str, Any]]) -> None:
+        """The evaluations of the try this trial resumes: recorded and reported once each, as they were."""
+        for row in rows:
+            self._record(row)
+            self.trial.report(row["smoothed_return"], step=int(row["eval_index"]))
+
     def __call__(self, result: EvalResult) -> bool:
         value = smoothed([row["eval_return"] for row in self.history] + [result.mean])
         row = {
@@ -180,11 +196,7 @@ class PruningHook:
             "episode_length": sum(result.lengths) / len(result.lengths),
             "episodes": len(result.returns),
         }
-        self.history.append(row)
-        with self.path.open("a", newline="") as f:
-            csv.writer(f).writerow([row[c] for c in HISTORY_COLUMNS])
-        if self.tracker is not None:
-            self.tracker.log_evaluation(row)
+        self._record(row)
         if not math.isfinite(value):
             raise FloatingPointError(f"non-finite evaluation return {result.mean} at step {result.policy_step}")
         self.trial.report(value, step=result.index)
@@ -231,10 +243,64 @@ def _results(
         "wall_time_s": round(seconds, 2),
         "fail_reason": reason,
         "device": device,
+        "resumed_from": spec.resume_from,
         "overrides": spec.overrides,
         "settings": spec.settings,
         "versions": _versions(),
     }
+
+
+def checkpoint_step(path: Path) -> int:
+    """The policy step of a SheepRL checkpoint, from its name `ckpt_<step>_<rank>.ckpt`."""
+    return int(path.stem.split("_")[1])
+
+
+def latest_checkpoint(output_dir: Path, numbers: list[int]) -> Path | None:
+    """The newest checkpoint among the folders of earlier tries (`numbers`, oldest first) of a configuration."""
+    for number in reversed(numbers):
+        found = sorted(
+            (output_dir / trial_dir_name(number)).glob("run/version_*/checkpoint/ckpt_*_0.ckpt"), key=checkpoint_step
+        )
+        if found:
+            return found[-1]
+    return None
+
+
+def _replayed_rows(checkpoint: Path) -> list[dict[str, Any]]:
+    """The history rows of the try that wrote `checkpoint` (trial_<n>/run/version_<v>/checkpoint/...), up to it."""
+    history = checkpoint.parents[3] / "history.csv"
+    counts = ("eval_index", "step", "frames", "episodes")
+    with history.open(newline="") as f:
+        rows = [{k: int(float(v)) if k in counts else float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+    return [row for row in rows if row["step"] <= checkpoint_step(checkpoint)]
+
+
+def record_stale(folder: Path, trial: optuna.trial.FrozenTrial) -> None:
+    """`results.json` for a trial whose worker died (SIGKILL, preemption): nobody else would write it."""
+    history = folder / "history.csv"
+    rows = list(csv.DictReader(history.open(newline=""))) if history.exists() else []
+    results = {
+        "number": trial.number,
+        "params": trial.params,
+        "seed": trial.user_attrs.get("seed"),
+        "state": "FAIL",
+        "objective": None,
+        "best_smoothed_return": max((float(r["smoothed_return"]) for r in rows), default=None),
+        "best_eval_return": max((float(r["eval_return"]) for r in rows), default=None),
+        "last_eval_return": float(rows[-1]["eval_return"]) if rows else None,
+        "evaluations": len(rows),
+        "steps": int(rows[-1]["step"]) if rows else 0,
+        "fail_reason": "its worker stopped sending heartbeats (killed?); queued again with the same parameters",
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "results.json").write_text(json.dumps(results, indent=2))
+
+
+def _remove_training_state(folder: Path) -> None:
+    """A finished trial's replay buffer and checkpoints are only disk space."""
+    for pattern in ("run/version_*/memmap_buffer", "run/version_*/checkpoint", "run/version_*/checkpoint_buffers"):
+        for path in folder.glob(pattern):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def run_trial(
@@ -260,6 +326,9 @@ def run_trial(
             if spec.settings.get("wandb_project"):
                 tracker = WandbTrial(spec.settings["wandb_project"], spec)
             hook = PruningHook(trial, spec, action_repeat, progress, tracker)
+            if spec.resume_from:
+                hook.replay(_replayed_rows(Path(spec.resume_from)))
+                progress(f"trial {spec.number} resumes from {spec.resume_from} ({len(hook.history)} evaluations)")
             result = trainer(cfg, hook)
             steps = result.policy_steps
             state = "PRUNED" if hook.pruned else "COMPLETE"
@@ -274,7 +343,9 @@ def run_trial(
             (folder / "results.json").write_text(json.dumps(results, indent=2))
             if tracker is not None:
                 tracker.finish(results)
-            # The replay buffer of a finished trial is only disk space
-            for buffer in folder.glob("run/version_*/memmap_buffer"):
-                shutil.rmtree(buffer, ignore_errors=True)
+            # A failed try keeps its checkpoint and buffer: its retry continues from them
+            if state != "FAIL":
+                _remove_training_state(folder)
+                if spec.resume_from:
+                    _remove_training_state(Path(spec.resume_from).parents[3])
     return results
