@@ -578,6 +578,35 @@ def test_readme_quick_start_is_the_seed_dry_run_and_runs_twice(tmp_path):
     assert len(pd.read_csv(tmp_path / "test_runs" / "results.csv")) == 4
 
 
+def test_atari_tiny_search_runs(tmp_path):
+    pytest.importorskip("ale_py", reason="--env atari needs ale-py (in requirements_search.txt)")
+    out = tmp_path / "atari"
+    argv = [
+        "--env",
+        "atari",
+        "--full-steps",
+        "2560",
+        "--fidelity-frac",
+        "0.2",
+        "--eval-every",
+        "256",
+        "--eval-episodes",
+        "1",
+        "--dry-run",
+        "--n-trials",
+        "1",
+        "--pruner",
+        "none",
+        "--output-dir",
+        str(out),
+    ]
+    assert main(argv) == 0
+    results = json.loads((out / "trial_0" / "results.json").read_text())
+    assert results["state"] == "COMPLETE" and results["steps"] == 512 and results["evaluations"] == 2
+    assert "env.id=PongNoFrameskip-v4" in results["overrides"]
+    assert "sheeprl exp=dreamer_v3_jepa_atari env=atari env.id=PongNoFrameskip-v4" in (out / "SUMMARY.md").read_text()
+
+
 def test_cli_entry_point_runs_as_a_script(tmp_path):
     out = subprocess.run([sys.executable, str(REPO / "search_phase1.py"), "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "--fidelity-frac" in out.stdout and "--dry-run" in out.stdout

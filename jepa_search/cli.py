@@ -23,7 +23,14 @@ from optuna.trial import FrozenTrial, TrialState
 from jepa_dreamer.runner import compose_config
 from jepa_search.objective import Objective
 from jepa_search.report import write_report
-from jepa_search.settings import SearchSettings, UsageError, build_parser, mask_password, settings_from_args
+from jepa_search.settings import (
+    EXPERIMENTS,
+    SearchSettings,
+    UsageError,
+    build_parser,
+    mask_password,
+    settings_from_args,
+)
 from jepa_search.study import FINISHED, check_resumable, finished_count, open_study, retry_callback
 from jepa_search.trial import trial_overrides
 
@@ -32,7 +39,10 @@ def check_trial_config(settings: SearchSettings) -> None:
     """Compose the first configuration of the space, so that a bad `--override` key or value fails now."""
     first = {name: choices[0] for name, choices in settings.space.variable.items()}
     try:
-        compose_config(trial_overrides(settings, first, settings.seed0, settings.output_dir / "trial_check"))
+        compose_config(
+            trial_overrides(settings, first, settings.seed0, settings.output_dir / "trial_check"),
+            exp=EXPERIMENTS[settings.env],
+        )
     except (HydraException, OmegaConfBaseException) as e:
         raise UsageError(f"--override: SheepRL rejects the trial configuration ({str(e).splitlines()[0]})") from e
 

@@ -14,7 +14,7 @@ import optuna
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 
 from jepa_dreamer.runner import run
-from jepa_search.settings import SearchSettings, mask_password
+from jepa_search.settings import EXPERIMENTS, SearchSettings, mask_password
 from jepa_search.space import suggest
 from jepa_search.study import root_number
 from jepa_search.trial import Trainer, TrialSpec, latest_checkpoint, run_trial, trial_dir_name, trial_overrides
@@ -62,6 +62,7 @@ def make_spec(settings: SearchSettings, trial: optuna.Trial, params: dict[str, A
         n_evaluations=settings.n_evaluations,
         study_name=settings.study_name,
         storage=mask_password(settings.storage),
+        exp=EXPERIMENTS[settings.env],
         settings=settings.as_dict(),
         resume_from=str(checkpoint) if checkpoint is not None else None,
     )

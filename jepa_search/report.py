@@ -20,7 +20,7 @@ import yaml
 from optuna.trial import FrozenTrial, TrialState
 
 from jepa_search.objective import SUMMARY_KEYS
-from jepa_search.settings import DEFAULT_TASKS
+from jepa_search.settings import DEFAULT_TASKS, EXPERIMENTS
 from jepa_search.study import SETTINGS_ATTR
 
 matplotlib.use("Agg")
@@ -84,7 +84,8 @@ def phase2_overrides(settings: dict[str, Any], params: dict[str, Any]) -> list[s
 
 
 def phase2_command(settings: dict[str, Any], params: dict[str, Any]) -> str:
-    return " ".join(["sheeprl", "exp=dreamer_v3_jepa", *map(shlex.quote, phase2_overrides(settings, params))])
+    exp = EXPERIMENTS[settings["env"]]
+    return " ".join(["sheeprl", f"exp={exp}", *map(shlex.quote, phase2_overrides(settings, params))])
 
 
 def _ranked(study: optuna.Study) -> list[FrozenTrial]:
@@ -121,7 +122,12 @@ def best_config(settings: dict[str, Any], params: dict[str, Any]) -> dict[str, A
     """A primary SheepRL config for Phase 2, equal to the explicit overrides of `phase2_command`:
     `sheeprl --config-path DIR --config-name best_config` runs it."""
     config: dict[str, Any] = {
-        "defaults": ["config", {"override exp": "dreamer_v3_jepa"}, {"override env": settings["env"]}, "_self_"],
+        "defaults": [
+            "config",
+            {"override exp": EXPERIMENTS[settings["env"]]},
+            {"override env": settings["env"]},
+            "_self_",
+        ],
         # The file is run with --config-path: this brings back SheepRL's configs (and so this project's)
         "hydra": {"searchpath": ["pkg://sheeprl.configs"]},
     }

@@ -18,6 +18,8 @@ from jepa_search.space import SearchSpace, SpaceError, load_space
 
 # The default task of each env config name (SheepRL's `configs/env/<name>.yaml`) that the tool supports
 DEFAULT_TASKS = {"dmc": "walker_walk", "atari": "PongNoFrameskip-v4"}
+# The experiment (jepa_dreamer/configs/exp) each env's trials and Phase 2 run
+EXPERIMENTS = {"dmc": "dreamer_v3_jepa", "atari": "dreamer_v3_jepa_atari"}
 # The Python package each env needs, and how to get it
 ENV_PACKAGES = {"dmc": ("dm_control", "pip install dm-control==1.0.50"), "atari": ("ale_py", "pip install ale-py")}
 # Overrides the tool sets itself: passing them through --override would silently break the search

@@ -86,6 +86,7 @@ class TrialSpec:
     n_evaluations: int
     study_name: str
     storage: str
+    exp: str = "dreamer_v3_jepa"
     settings: dict[str, Any] = field(default_factory=dict)
     # The checkpoint of an earlier try of this configuration that this one continues from
     resume_from: str | None = None
@@ -105,7 +106,7 @@ def trial_overrides(settings: SearchSettings, params: dict[str, Any], seed: int,
         domain, _, task = settings.task.partition("_")
         overrides += [f"env.wrapper.domain_name={domain}", f"env.wrapper.task_name={task}"]
     else:
-        overrides += [f"env.id={settings.task}", "algo.cnn_keys.encoder=[rgb]", "algo.mlp_keys.encoder=[]"]
+        overrides += [f"env.id={settings.task}"]
     overrides += [
         f"algo.total_steps={settings.trial_steps}",
         f"algo.eval.every={settings.eval_every}",
@@ -320,7 +321,7 @@ def run_trial(
     state, reason, steps, action_repeat, device = "FAIL", None, 0, 1, "cpu"
     with (folder / "training.log").open("a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
         try:
-            cfg = compose_config(spec.overrides)
+            cfg = compose_config(spec.overrides, exp=spec.exp)
             action_repeat = int(cfg.env.action_repeat)
             device = _device(cfg.fabric.accelerator)
             if spec.settings.get("wandb_project"):
