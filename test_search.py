@@ -37,8 +37,9 @@ from tests.helpers import scripted_trainer  # noqa: E402
 REPO = Path(__file__).resolve().parent
 
 
-def settings_for(tmp_path: Path, *extra: str):
-    argv = [
+def base_args(tmp_path: Path, *extra: str) -> list[str]:
+    """A valid command line: 20000 full steps at fidelity 0.1 (2000-step trials), evaluations every 500 steps."""
+    return [
         "--env",
         "dmc",
         "--full-steps",
@@ -51,7 +52,10 @@ def settings_for(tmp_path: Path, *extra: str):
         str(tmp_path / "out"),
         *extra,
     ]
-    return settings_from_args(build_parser().parse_args(argv))
+
+
+def settings_for(tmp_path: Path, *extra: str):
+    return settings_from_args(build_parser().parse_args(base_args(tmp_path, *extra)))
 
 
 # --- configuration ----------------------------------------------------------------------------------------------
@@ -164,20 +168,7 @@ BAD_INPUTS = [
 
 @pytest.mark.parametrize("extra,message", BAD_INPUTS, ids=[m for _, m in BAD_INPUTS])
 def test_bad_input_is_one_line_and_creates_nothing(tmp_path, capsys, extra, message):
-    argv = [
-        "--env",
-        "dmc",
-        "--full-steps",
-        "20000",
-        "--fidelity-frac",
-        "0.1",
-        "--eval-every",
-        "500",
-        "--output-dir",
-        str(tmp_path / "out"),
-        *extra,
-    ]
-    assert main(argv) == 2
+    assert main(base_args(tmp_path, *extra)) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1, err
     assert not (tmp_path / "out").exists()
@@ -254,23 +245,7 @@ def test_resume_with_other_settings_names_the_differences(tmp_path, capsys):
     (tmp_path / "out").mkdir()
     open_study(s)
     before = (tmp_path / "out" / "study.db").read_bytes()
-    argv = [
-        "--env",
-        "dmc",
-        "--full-steps",
-        "20000",
-        "--fidelity-frac",
-        "0.1",
-        "--eval-every",
-        "500",
-        "--output-dir",
-        str(tmp_path / "out"),
-        "--eval-episodes",
-        "3",
-        "--sampler",
-        "tpe",
-    ]
-    assert main(argv) == 2
+    assert main(base_args(tmp_path, "--eval-episodes", "3", "--sampler", "tpe")) == 2
     err = capsys.readouterr().err
     assert "eval_episodes: stored 10, now 3" in err and "sampler: stored 'random', now 'tpe'" in err
     assert (tmp_path / "out" / "study.db").read_bytes() == before

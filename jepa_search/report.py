@@ -29,21 +29,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 TOP_MAX, TOP_MIN = 6, 4
 # Fewer complete trials than this and SUMMARY.md says the ranking is not to be trusted
 TRUSTED_MIN_COMPLETE = 5
-COLUMNS = (
-    "number",
-    "state",
-    "objective",
-    "best_eval_return",
-    "best_smoothed_return",
-    "last_eval_return",
-    "evaluations",
-    "steps",
-    "frames",
-    "wall_time_s",
-    "device",
-    "seed",
-    "fail_reason",
-)
 
 
 def _value(trial: FrozenTrial) -> float | None:
@@ -65,7 +50,7 @@ def trial_rows(study: optuna.Study) -> pd.DataFrame:
         row["objective"] = t.value if t.state == TrialState.COMPLETE else None
         row.update({k: t.user_attrs.get(k) for k in SUMMARY_KEYS})
         rows.append(row)
-    return pd.DataFrame(rows, columns=["number", "state", *names, *COLUMNS[2:]])
+    return pd.DataFrame(rows, columns=["number", "state", *names, "objective", *SUMMARY_KEYS])
 
 
 def phase2_overrides(settings: dict[str, Any], params: dict[str, Any]) -> list[str]:
