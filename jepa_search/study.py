@@ -13,6 +13,7 @@ from typing import Any
 import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
+from sqlalchemy import create_engine
 
 from jepa_search.settings import SearchSettings, UsageError
 
@@ -89,14 +90,20 @@ def check_resumable(settings: SearchSettings) -> None:
 
         if not Path(make_url(settings.storage).database).exists():
             return
+    masked = settings.as_dict()["storage"]
+    try:
+        # A plain connection first: Optuna words a refused connection as a failed commit
+        with create_engine(settings.storage).connect():
+            pass
+    except Exception as e:  # unreachable server, wrong credentials, missing driver
+        cause = str(getattr(e, "orig", None) or e).strip().splitlines()[0][:200]
+        raise UsageError(f"--storage {masked}: cannot connect ({cause})") from e
     try:
         storage = RDBStorage(settings.storage, skip_table_creation=True)
         names = optuna.get_all_study_names(storage)
-    except Exception as e:  # unreachable server, corrupted file, foreign database
-        raise UsageError(
-            f"--storage {settings.as_dict()['storage']}: cannot open it ({type(e).__name__}: "
-            f"{str(e).splitlines()[0][:200]})"
-        ) from e
+    except Exception as e:  # corrupted file, foreign database
+        cause = str(e).splitlines()[0][:200]
+        raise UsageError(f"--storage {masked}: cannot open it ({type(e).__name__}: {cause})") from e
     if settings.study_name not in names:
         return
     study = optuna.load_study(study_name=settings.study_name, storage=storage)
