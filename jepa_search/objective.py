@@ -33,6 +33,7 @@ SUMMARY_KEYS = (
     "steps",
     "frames",
     "wall_time_s",
+    "device",
     "fail_reason",
 )
 
