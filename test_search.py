@@ -189,45 +189,15 @@ def test_bad_input_is_one_line_and_creates_nothing(tmp_path, capsys, extra, mess
 def test_bad_search_space_files(tmp_path, capsys, content, message):
     f = tmp_path / "space.yaml"
     f.write_text(content)
-    assert (
-        main(
-            [
-                "--env",
-                "dmc",
-                "--full-steps",
-                "2000",
-                "--eval-every",
-                "100",
-                "--output-dir",
-                str(tmp_path / "o"),
-                "--search-space",
-                str(f),
-            ]
-        )
-        == 2
-    )
+    assert main(base_args(tmp_path, "--search-space", str(f))) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1, err
-    assert not (tmp_path / "o").exists()
+    assert not (tmp_path / "out").exists()
 
 
 def test_unwritable_output_dir(tmp_path, capsys):
     (tmp_path / "file").write_text("x")
-    assert (
-        main(
-            [
-                "--env",
-                "dmc",
-                "--full-steps",
-                "2000",
-                "--eval-every",
-                "100",
-                "--output-dir",
-                str(tmp_path / "file" / "out"),
-            ]
-        )
-        == 2
-    )
+    assert main(base_args(tmp_path, "--output-dir", str(tmp_path / "file" / "out"))) == 2
     assert "not writable" in capsys.readouterr().err
 
 
