@@ -124,6 +124,7 @@ def jepa_loss(
     mlp_keys: Sequence[str],
     erase_frac: float,
     vec_dropout: float,
+    metrics: bool = True,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """L_jepa = mean over (t, b) of √proj_dim · (2 − 2·cos(p_t, z*_t)) (DESIGN.md explains the √proj_dim scale).
 
@@ -132,6 +133,7 @@ def jepa_loss(
         obs: the normalised clean observations, shape (T, B, ...).
         recurrent_states: h_t from the posterior unroll on the clean observations, shape (T, B, R); not detached, so
             the loss also trains the recurrent model.
+        metrics: whether to compute the metrics beyond the loss (not when nothing is logged, e.g. search trials).
 
     Returns:
         The loss and its metrics (cosine similarity, the std of the normalised targets across the batch).
@@ -143,11 +145,12 @@ def jepa_loss(
         target = heads.target_projector(heads.target_encoder(obs))
     cos = F.cosine_similarity(prediction.float(), target.float(), dim=-1)
     loss = math.sqrt(heads.proj_dim) * (2.0 - 2.0 * cos).mean()
+    if not metrics:
+        return loss, {"Loss/jepa_loss": loss.detach()}
     normed_target = F.normalize(target.float().flatten(0, 1), dim=-1)
-    metrics = {
+    return loss, {
         "Loss/jepa_loss": loss.detach(),
         "JEPA/cosine": cos.mean().detach(),
         # Collapse alarm: near 0 when every target points the same way (healthy: about 1/sqrt(proj_dim))
         "JEPA/target_std": normed_target.std(dim=0).mean().detach(),
     }
-    return loss, metrics

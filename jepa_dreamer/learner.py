@@ -125,6 +125,7 @@ class Learner:
                         mlp_keys=self.wm_kwargs["mlp_keys"],
                         erase_frac=float(cfg.algo.jepa_mask.erase_frac),
                         vec_dropout=float(cfg.algo.jepa_mask.vec_dropout),
+                        metrics=not MetricAggregator.disabled,
                     )
                 loss = dv3_loss + self.jepa_coef * jepa
                 metrics.update(jepa_metrics)
