@@ -18,6 +18,7 @@ import torch
 from lightning.fabric import Fabric
 from sheeprl.algos.dreamer_v3.agent import PlayerDV3
 from sheeprl.algos.dreamer_v3.utils import prepare_obs
+from sheeprl.utils.compile import compiled_player
 from sheeprl.utils.env import get_episode_stats, make_env
 
 from jepa_dreamer.envs import make_vector_env
@@ -103,6 +104,8 @@ class Evaluator:
             player.device,
             discrete_size=cfg.algo.world_model.discrete_size,
         )
+        # Compiled like the training player (`algo.compile`), for this evaluator's own number of environments
+        self.player.get_actions = compiled_player(self.player.get_actions, fabric, cfg, cuda_graphs=False)
 
     def _env_actions(self, obs: dict[str, np.ndarray]) -> np.ndarray:
         torch_obs = prepare_obs(self.fabric, obs, cnn_keys=self.cfg.algo.cnn_keys.encoder, num_envs=self.n_envs)

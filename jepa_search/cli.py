@@ -7,6 +7,7 @@ SIGINT/SIGTERM (the running trial is recorded as failed and queued again with th
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import time
@@ -33,6 +34,7 @@ from jepa_search.settings import (
 )
 from jepa_search.study import FINISHED, check_resumable, finished_count, open_study, retry_callback
 from jepa_search.trial import trial_overrides
+from jepa_search.workers import WORKER_ENV, run_workers
 
 
 def check_trial_config(settings: SearchSettings) -> None:
@@ -57,9 +59,11 @@ def _raise_on_sigterm(signum: int, frame: object) -> None:
 
 def _printer(stream=None) -> Callable[[str], None]:
     stream = stream or sys.stdout
+    worker = os.environ.get(WORKER_ENV)
+    prefix = f" {worker}" if worker else ""
 
     def progress(line: str) -> None:
-        print(f"[{time.strftime('%H:%M:%S')}] {line}", file=stream, flush=True)
+        print(f"[{time.strftime('%H:%M:%S')}{prefix}] {line}", file=stream, flush=True)
 
     return progress
 
@@ -130,6 +134,7 @@ def report_only(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     progress = _printer()
     if args.report_only:
@@ -157,6 +162,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{settings.trial_steps} steps per trial, {settings.n_evaluations} evaluations (grace "
         f"{settings.grace_evaluations}), storage {settings.as_dict()['storage']}"
     )
+    if settings.n_workers > 1:
+        progress(
+            f"{settings.n_workers} workers: {settings.trials_per_device} trial(s) at once on "
+            + (f"each of GPUs {','.join(map(str, settings.gpus))}" if settings.gpus else "the CPU")
+        )
+        code = run_workers(study, settings, argv, progress)
+        write_report(study, settings.output_dir)
+        progress(f"done: {finished_count(study)} finished trials in {settings.study_name} (exit {code})")
+        return code
     objective = Objective(settings, progress)
     previous = signal.signal(signal.SIGTERM, _raise_on_sigterm)
     try:

@@ -35,6 +35,7 @@ RESERVED_OVERRIDES = (
     "checkpoint.resume_from",
     "fabric.accelerator",
     "algo.jepa_",
+    "algo.compile.enabled",
 )
 
 
@@ -70,12 +71,28 @@ class SearchSettings:
     heartbeat_interval: int = 60
     max_retries: int = 2
     checkpoint_every: int = 0
+    compile: str = "auto"
+    trials_per_device: int = 1
+    gpus: tuple[int, ...] = ()
     warnings: tuple[str, ...] = field(default=(), compare=False)
 
     @property
     def trial_steps(self) -> int:
         """Each trial's budget in policy steps (SheepRL's `algo.total_steps` unit)."""
         return round(self.fidelity_frac * self.full_steps)
+
+    @property
+    def compiles(self) -> bool:
+        """Whether trials train with the compiled step (`algo.compile`): by default on a GPU only, where it pays for
+        its minutes of compilation (docs/PERFORMANCE.md); on a CPU compiling costs more than it saves."""
+        if self.compile != "auto":
+            return self.compile == "on"
+        return self.device == "cuda" or (self.device == "auto" and bool(self.gpus))
+
+    @property
+    def n_workers(self) -> int:
+        """Trials at once: `trials_per_device` on each GPU of `gpus`, or on the CPU when there are none."""
+        return self.trials_per_device * max(1, len(self.gpus))
 
     @property
     def n_evaluations(self) -> int:
@@ -180,6 +197,23 @@ def build_parser() -> argparse.ArgumentParser:
         "trial resumes from its last one",
     )
     p.add_argument(
+        "--compile",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="compiled training step with CUDA graphs (algo.compile); auto: on when trials train on a GPU",
+    )
+    p.add_argument(
+        "--trials-per-device",
+        type=int,
+        default=1,
+        help="trials at once on each GPU (or on the CPU): one worker process each, all on one study",
+    )
+    p.add_argument(
+        "--gpus",
+        help="comma-separated CUDA device ids to spread the workers over (default: every visible GPU when "
+        "--device is auto or cuda)",
+    )
+    p.add_argument(
         "--report-only",
         action="store_true",
         help="rebuild results.csv, topk.json, best_config.yaml, SUMMARY.md and plots from the study, no training",
@@ -265,6 +299,29 @@ def _check_overrides(overrides: list[str]) -> tuple[str, ...]:
     return tuple(overrides)
 
 
+def _check_gpus(device: str, gpus: str | None) -> tuple[int, ...]:
+    """The GPUs the workers use: the ones named, else every visible one unless --device cpu."""
+    import torch
+
+    visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if device == "cuda" and visible == 0:
+        raise UsageError("--device cuda: no CUDA GPU is visible; use --device cpu or auto")
+    if gpus is None:
+        return tuple(range(visible)) if device != "cpu" else ()
+    if device == "cpu":
+        raise UsageError(f"--gpus {gpus} with --device cpu: drop --gpus or use --device cuda")
+    try:
+        ids = tuple(int(g) for g in gpus.split(","))
+    except ValueError:
+        raise UsageError(f"--gpus {gpus!r} must be comma-separated device ids, e.g. --gpus 0,1") from None
+    if visible == 0:
+        raise UsageError(f"--gpus {gpus}: no CUDA GPU is visible; drop --gpus to train on the CPU")
+    bad = [g for g in ids if not 0 <= g < visible]
+    if bad or len(set(ids)) != len(ids):
+        raise UsageError(f"--gpus {gpus}: {visible} GPU(s) are visible (ids 0-{visible - 1}); name each once")
+    return ids
+
+
 def settings_from_args(args: argparse.Namespace) -> SearchSettings:
     """Validate every argument; raise `UsageError` on the first bad one. Creates nothing."""
     for flag, value in (("--env", args.env), ("--full-steps", args.full_steps)):
@@ -300,11 +357,8 @@ def settings_from_args(args: argparse.Namespace) -> SearchSettings:
     _check_output_dir(output_dir)
     storage = args.storage or f"sqlite:///{(output_dir / 'study.db').resolve()}"
     _check_storage(storage)
-    if args.device == "cuda":
-        import torch
-
-        if not torch.cuda.is_available():
-            raise UsageError("--device cuda: no CUDA GPU is visible; use --device cpu or auto")
+    _positive("--trials-per-device", args.trials_per_device)
+    gpus = _check_gpus(args.device, args.gpus)
     try:
         space = load_space(args.search_space)
     except SpaceError as e:
@@ -337,5 +391,8 @@ def settings_from_args(args: argparse.Namespace) -> SearchSettings:
         heartbeat_interval=args.heartbeat_interval,
         max_retries=args.max_retries,
         checkpoint_every=args.eval_every if args.checkpoint_every is None else args.checkpoint_every,
+        compile=args.compile,
+        trials_per_device=args.trials_per_device,
+        gpus=gpus,
         warnings=tuple(notes),
     )

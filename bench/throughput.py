@@ -1,0 +1,460 @@
+"""Training throughput of SheepRL's DreamerV3 against DreamerV3-JEPA, and K trials at once on one device.
+
+One command, on a GPU (DMC walker-walk from 64x64 pixels, model S, bf16, the search's configuration):
+    MUJOCO_GL=egl python bench/throughput.py --out docs/throughput_gpu.md
+On the CPU, with a tiny model (what CI runs):
+    MUJOCO_GL=egl python bench/throughput.py --tiny --out /tmp/throughput.md
+
+Every variant trains in a process of its own and is timed in its steady state only: the window opens after
+`--warmup` gradient steps (start-up, random acting before `learning_starts` and compilation are over) and lasts
+`--window` seconds. K concurrent trials wait for each other at that point, so that their windows overlap. Each
+process then plays one evaluation at the search's settings (episodes, environments), timed on its own.
+A `numerics` check trains the same batch with the plain and the compiled step and compares their losses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+# name: (experiment, overrides, what it is)
+VARIANTS: dict[str, tuple[str, tuple[str, ...], str]] = {
+    "sheeprl": ("dreamer_v3_dmc_walker_walk", (), "SheepRL's own dreamer_v3 loop (the baseline)"),
+    "jepa0": ("dreamer_v3_jepa", ("algo.jepa_coef=0",), "ours, jepa_coef 0 (plain DreamerV3)"),
+    "jepa": ("dreamer_v3_jepa", ("algo.jepa_coef=1",), "ours, JEPA on"),
+    "jepa_compiled": (
+        "dreamer_v3_jepa",
+        ("algo.jepa_coef=1", "algo.compile.enabled=True"),
+        "ours, JEPA on, compiled with CUDA graphs (algo.compile)",
+    ),
+    "sheeprl_compiled": (
+        "dreamer_v3_dmc_walker_walk",
+        ("algo.compile.enabled=True",),
+        "SheepRL's loop with its algo.compile",
+    ),
+}
+DEFAULT_VARIANTS = ("sheeprl", "jepa0", "jepa", "jepa_compiled")
+
+# The same for every variant: no logging, checkpoints or videos, a buffer that fits K processes
+COMMON_OVERRIDES = (
+    "algo.total_steps=100000000",
+    "algo.learning_starts=1024",
+    "buffer.size=100000",
+    "buffer.checkpoint=False",
+    "checkpoint.every=0",
+    "checkpoint.save_last=False",
+    "metric.log_level=0",
+    "env.capture_video=False",
+    "fabric.devices=1",
+)
+TINY_OVERRIDES = (
+    "env.num_envs=2",
+    "env.max_episode_steps=100",
+    "algo.learning_starts=128",
+    "buffer.size=4096",
+)
+EVAL_OVERRIDES = ("algo.eval.every=0",)  # evaluated once, after the window
+TINY_EVAL_OVERRIDES = ("algo.eval.episodes=2", "algo.eval.num_envs=2")
+
+
+class BenchDone(Exception):
+    """Raised from the timed step when the window is over: ends the training run of a worker."""
+
+
+@dataclass
+class Meter:
+    """Timestamps of gradient and environment steps; opens the window after `warmup` gradient steps."""
+
+    warmup: int
+    window: float
+    barrier: Path | None
+    k: int
+    seed: int
+    grad_steps: int = 0
+    window_grad_steps: int = 0
+    window_env_steps: int = 0
+    first_grad_at: float | None = None
+    window_at: float | None = None
+    barrier_wait: float = 0.0
+    evaluator: Any = None
+    train_env: Any = None
+
+    def on_env_step(self, env: Any) -> None:
+        if self.train_env is None:
+            self.train_env = env  # the training env steps first: evaluation envs come later
+        if env is self.train_env and self.window_at is not None:
+            self.window_env_steps += env.num_envs
+
+    def on_grad_step(self) -> None:
+        now = time.perf_counter()
+        self.grad_steps += 1
+        if self.first_grad_at is None:
+            self.first_grad_at = now
+        if self.window_at is None:
+            if self.grad_steps >= self.warmup:
+                self._wait_for_the_others()
+                self.window_at = time.perf_counter()
+            return
+        self.window_grad_steps += 1
+        if now - self.window_at >= self.window:
+            raise BenchDone
+
+    def _wait_for_the_others(self) -> None:
+        if self.barrier is None or self.k <= 1:
+            return
+        start = time.perf_counter()
+        (self.barrier / f"ready_{self.seed}").touch()
+        while len(list(self.barrier.glob("ready_*"))) < self.k and time.perf_counter() - start < 900:
+            time.sleep(0.05)
+        self.barrier_wait = time.perf_counter() - start
+
+
+def _wrap(owner: Any, name: str, before: Any = None, after: Any = None) -> None:
+    original = getattr(owner, name)
+
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        if before is not None:
+            before(*args, **kwargs)
+        out = original(*args, **kwargs)
+        if after is not None:
+            after(*args, **kwargs)
+        return out
+
+    setattr(owner, name, wrapped)
+
+
+def overrides_for(variant: str, tiny: bool, accelerator: str, seed: int, log_root: Path) -> tuple[str, list[str]]:
+    """The experiment and overrides of `variant`; tiny runs drop the JEPA keys for SheepRL's own algorithm."""
+    from jepa_dreamer.runner import TINY_MODEL_OVERRIDES, output_overrides
+
+    exp, extra, _ = VARIANTS[variant]
+    ours = exp == "dreamer_v3_jepa"
+    overrides = [*COMMON_OVERRIDES, f"fabric.accelerator={accelerator}", f"seed={seed}"]
+    if tiny:
+        overrides += [o for o in TINY_MODEL_OVERRIDES if ours or "jepa" not in o]
+        overrides += TINY_OVERRIDES
+    if ours:
+        overrides += EVAL_OVERRIDES + (TINY_EVAL_OVERRIDES if tiny else ())
+    overrides += [*extra, *output_overrides(str(log_root), f"{variant}_{seed}")]
+    return exp, overrides
+
+
+def run_worker(args: argparse.Namespace) -> dict[str, Any]:
+    """Train `args.worker` until the window closes; the numbers of this process."""
+    import gymnasium as gym
+    import sheeprl.algos.dreamer_v3.dreamer_v3 as sheeprl_dv3
+    import torch
+    from omegaconf import OmegaConf
+    from sheeprl.cli import check_configs, run_algorithm
+    from sheeprl.utils.utils import dotdict
+
+    from jepa_dreamer.evaluate import Evaluator
+    from jepa_dreamer.learner import Learner
+    from jepa_dreamer.runner import compose_config, run
+
+    started = time.perf_counter()
+    torch.set_num_threads(args.threads)
+    meter = Meter(args.warmup, args.window, Path(args.barrier) if args.barrier else None, args.k, args.seed)
+    for cls in (gym.vector.SyncVectorEnv, gym.vector.AsyncVectorEnv):
+        _wrap(cls, "step", before=lambda env, *a, **kw: meter.on_env_step(env))
+    _wrap(Learner, "train_step", after=lambda *a, **kw: meter.on_grad_step())
+    _wrap(sheeprl_dv3, "train", after=lambda *a, **kw: meter.on_grad_step())
+    _wrap(Evaluator, "__init__", after=lambda evaluator, *a, **kw: setattr(meter, "evaluator", evaluator))
+
+    exp, overrides = overrides_for(args.worker, args.tiny, args.accelerator, args.seed, Path(args.log_root))
+    cfg = compose_config(overrides, exp=exp)
+    eval_seconds = None
+    try:
+        if exp == "dreamer_v3_jepa":
+            run(cfg, hook=None)
+        else:
+            cfg = dotdict(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True))
+            check_configs(cfg)
+            run_algorithm(cfg)
+        raise RuntimeError("the run ended before the window closed: raise algo.total_steps")
+    except BenchDone:
+        window = time.perf_counter() - meter.window_at
+    if args.evaluate and meter.evaluator is not None:
+        eval_seconds = meter.evaluator.evaluate(1, 0).seconds
+    cuda = torch.cuda.is_available() and args.accelerator != "cpu"
+    return {
+        "variant": args.worker,
+        "k": args.k,
+        "seed": args.seed,
+        "startup_s": meter.first_grad_at - started,
+        "warmup_s": meter.window_at - meter.first_grad_at - meter.barrier_wait,
+        "window_s": window,
+        "grad_steps_per_s": meter.window_grad_steps / window,
+        "policy_steps_per_s": meter.window_env_steps / window,
+        "eval_s": eval_seconds,
+        "eval_episodes": int(cfg.algo.eval.episodes) if "eval" in cfg.algo else None,
+        "peak_gpu_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
+    }
+
+
+def run_numerics(args: argparse.Namespace) -> dict[str, Any]:
+    """Gradient steps on one batch with the plain and the compiled step, from the same weights and the same random
+    stream (`fallback_random` makes the compiled random ops draw what eager ones draw); their losses."""
+    import warnings
+
+    import torch
+    import torch._inductor.config as inductor_config
+    from lightning.fabric import Fabric
+    from omegaconf import OmegaConf
+    from sheeprl.utils.env import make_env
+    from sheeprl.utils.metric import MetricAggregator
+    from sheeprl.utils.utils import dotdict
+
+    from jepa_dreamer.learner import Learner
+    from jepa_dreamer.runner import compose_config
+
+    inductor_config.fallback_random = True
+    MetricAggregator.disabled = False
+
+    class Capture:
+        disabled = False
+
+        def __init__(self) -> None:
+            self.values: dict[str, float] = {}
+
+        def update(self, name: str, value: Any) -> None:
+            self.values[name] = float(value)
+
+    losses: dict[str, list[dict[str, float]]] = {}
+    syncs = None
+    for mode in ("plain", "compiled"):
+        _, overrides = overrides_for("jepa", args.tiny, args.accelerator, 0, Path(args.log_root))
+        overrides.append(f"algo.compile.enabled={mode == 'compiled'}")
+        cfg = dotdict(OmegaConf.to_container(compose_config(overrides), resolve=True))
+        fabric = Fabric(accelerator=args.accelerator, devices=1, precision=cfg.fabric.precision)
+        fabric.seed_everything(0)
+        env = make_env(cfg, 0, 0, None, "numerics")()
+        learner = Learner(fabric, cfg, env.observation_space, env.action_space.shape, True)
+        batch = _synthetic_batch(cfg, env.action_space.shape[0], fabric.device)
+        env.close()
+        losses[mode] = []
+        for step in range(3):
+            fabric.seed_everything(100 + step)
+            capture = Capture()
+            learner.train_step({k: v.clone() for k, v in batch.items()}, capture, measure_ratio=False)
+            losses[mode].append({k: v for k, v in capture.values.items() if k.startswith("Loss/")})
+        if mode == "plain" and fabric.device.type == "cuda":
+            # Host synchronisations of one warmed-up step without metrics (a search trial's), by CUDA's debug mode
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                torch.cuda.set_sync_debug_mode("warn")
+                learner.train_step({k: v.clone() for k, v in batch.items()}, None, measure_ratio=False)
+                torch.cuda.set_sync_debug_mode("default")
+            syncs = sum("synchroniz" in str(w.message) for w in caught)
+    diffs = [
+        max(abs(c[k] - p[k]) / max(abs(p[k]), 1e-6) for k in p) for p, c in zip(losses["plain"], losses["compiled"])
+    ]
+    return {"variant": "numerics", "losses": losses, "max_rel_diff_per_step": diffs, "syncs_per_step": syncs}
+
+
+def _synthetic_batch(cfg: Any, action_dim: int, device: Any) -> dict[str, Any]:
+    """Random pixels, actions and rewards (not zeros: zeros hide mistakes), shaped like a replay batch."""
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    t, b = int(cfg.algo.per_rank_sequence_length), int(cfg.algo.per_rank_batch_size)
+    size = int(cfg.env.screen_size)
+    zeros = torch.zeros(t, b, 1)
+    batch = {
+        "rgb": torch.randint(0, 256, (t, b, 3, size, size), generator=g).float(),
+        "actions": torch.rand(t, b, action_dim, generator=g) * 2 - 1,
+        "rewards": torch.rand(t, b, 1, generator=g),
+        "terminated": zeros,
+        "truncated": zeros.clone(),
+        "is_first": zeros.clone(),
+    }
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def _worker_command(args: argparse.Namespace, variant: str, seed: int, k: int, barrier: Path, out: Path) -> list[str]:
+    command = [sys.executable, __file__, "--worker", variant, "--seed", str(seed), "--k", str(k)]
+    command += ["--warmup", str(args.warmup), "--window", str(args.window), "--threads", str(args.threads)]
+    command += ["--accelerator", args.accelerator, "--barrier", str(barrier), "--result", str(out)]
+    command += ["--log-root", str(args.scratch / "runs")] + (["--tiny"] if args.tiny else [])
+    return command
+
+
+def launch(args: argparse.Namespace, variant: str, k: int, deadline: float, evaluate: bool) -> list[dict[str, Any]]:
+    """`k` processes of `variant` at once (seeds 5, 6, ...); their results, or one row saying why there are none."""
+    tag = f"{variant}_k{k}"
+    barrier = args.scratch / tag
+    barrier.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "PYTHONUNBUFFERED": "1"}
+    procs = []
+    for i in range(k):
+        out, log = barrier / f"result_{i}.json", barrier / f"worker_{i}.log"
+        command = _worker_command(args, variant, 5 + i, k, barrier, out) + (["--evaluate"] if evaluate else [])
+        with log.open("w") as f:
+            procs.append((subprocess.Popen(command, stdout=f, stderr=subprocess.STDOUT, env=env), out, log))
+    rows, problem = [], None
+    for proc, out, log in procs:
+        try:
+            proc.wait(timeout=max(1.0, deadline - time.time()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            problem = "out of time"
+        if out.exists():
+            rows.append(json.loads(out.read_text()))
+        elif problem is None:
+            tail = log.read_text().strip().splitlines()[-1:]
+            problem = f"failed: {tail[0] if tail else proc.returncode}"
+    if problem is not None or len(rows) < k:
+        return [{"variant": variant, "k": k, "problem": problem or "missing results"}]
+    return rows
+
+
+def _fmt(value: float | None, spec: str = ".2f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def table(results: dict[tuple[str, int], list[dict[str, Any]]], eval_every: int, device: str) -> str:
+    """The markdown table: throughput of every run, its ratio to SheepRL's loop and to one trial of its variant."""
+    total = {key: sum(r.get("policy_steps_per_s", 0.0) for r in rows) for key, rows in results.items()}
+    base = total.get(("sheeprl", 1)) or None
+    lines = [
+        f"Device: {device}. Steady-state window per run; K = trials at once on this device (totals over them).",
+        "",
+        "| variant | K | grad steps/s | policy steps/s | × SheepRL | × K=1 | start-up s | warm-up s | eval s "
+        f"| eval share (every {eval_every}) | peak GPU GiB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for (variant, k), rows in results.items():
+        if "problem" in rows[0]:
+            lines.append(f"| {variant} | {k} | {rows[0]['problem']} |" + " |" * 8)
+            continue
+        gsps = sum(r["grad_steps_per_s"] for r in rows)
+        psps = total[variant, k]
+        single = total.get((variant, 1))
+        evals = [r["eval_s"] for r in rows if r["eval_s"] is not None]
+        eval_s = sum(evals) / len(evals) if evals else None
+        # Wall time of one trial between two evaluations, at this per-trial speed, against one evaluation's time
+        share = eval_s / (eval_s + eval_every / (psps / k)) if eval_s is not None and psps > 0 else None
+        peaks = [r["peak_gpu_gib"] for r in rows if r["peak_gpu_gib"] is not None]
+        lines.append(
+            f"| {variant} | {k} | {gsps:.2f} | {psps:.2f} | {_fmt(psps / base if base else None)} "
+            f"| {_fmt(psps / single if single else None)} | {max(r['startup_s'] for r in rows):.0f} "
+            f"| {max(r['warmup_s'] for r in rows):.0f} | {_fmt(eval_s, '.1f')} | {_fmt(share, '.1%')} "
+            f"| {_fmt(max(peaks) if peaks else None)} |"
+        )
+    return "\n".join(lines)
+
+
+def environment(args: argparse.Namespace) -> str:
+    import importlib.metadata as md
+
+    import torch
+
+    versions = ", ".join(f"{p} {md.version(p)}" for p in ("torch", "sheeprl", "mujoco", "dm-control"))
+    device = torch.cuda.get_device_name(0) if args.accelerator == "cuda" else f"CPU ({os.cpu_count()} cores)"
+    config = "tiny model, 2 envs, 100-step episodes" if args.tiny else "model S, bf16, 4 envs, replay ratio 0.5"
+    return f"{device}; {versions}; python {platform.python_version()}; walker-walk 64x64 pixels, {config}"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tiny", action="store_true", help="tiny model and short episodes (CPU, CI)")
+    parser.add_argument(
+        "--variants", default=",".join(DEFAULT_VARIANTS), help="comma-separated, of: numerics, " + ", ".join(VARIANTS)
+    )
+    parser.add_argument("--ks", default="1,2,4,8", help="trials at once, for --k-variant")
+    parser.add_argument("--k-variant", default="jepa_compiled", help="the variant run K at once")
+    parser.add_argument("--warmup", type=int, default=None, help="gradient steps before the window (GPU 30, tiny 5)")
+    parser.add_argument("--window", type=float, default=None, help="seconds of the window (GPU 40, tiny 8)")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads per process")
+    parser.add_argument("--accelerator", choices=("cuda", "cpu"), default=None, help="default: cuda if available")
+    parser.add_argument("--budget", type=float, default=3600, help="seconds for all runs; later ones are skipped")
+    parser.add_argument("--eval-every", type=int, default=10000, help="for the evaluation share column")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "throughput.md")
+    parser.add_argument("--scratch", type=Path, default=None, help="run folders (default: next to --out)")
+    # Worker mode (one process of one variant)
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--seed", type=int, default=5, help=argparse.SUPPRESS)
+    parser.add_argument("--k", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--barrier", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--evaluate", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--result", type=Path, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--log-root", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.accelerator is None:
+        import torch
+
+        args.accelerator = "cuda" if torch.cuda.is_available() else "cpu"
+    args.warmup = args.warmup if args.warmup is not None else (5 if args.tiny else 30)
+    args.window = args.window if args.window is not None else (8.0 if args.tiny else 40.0)
+    args.scratch = (args.scratch or args.out.parent / (args.out.stem + "_runs")).resolve()
+    return args
+
+
+def report(args: argparse.Namespace, results: dict, numerics: dict[str, Any] | None) -> str:
+    """The table (and the numerics line), written to `--out` with the raw numbers beside it as JSON."""
+    text = f"# Throughput ({time.strftime('%Y-%m-%d')})\n\n{environment(args)}\n\n"
+    text += table(results, args.eval_every, "cuda" if args.accelerator == "cuda" else "cpu") + "\n"
+    if numerics is not None:
+        diffs = numerics.get("max_rel_diff_per_step")
+        text += "\nPlain vs compiled step on one batch, largest relative difference of a loss per step: "
+        text += (", ".join(f"{d:.2e}" for d in diffs) if diffs else numerics.get("problem", "?")) + "\n"
+        if numerics.get("syncs_per_step") is not None:
+            text += f"Host synchronisations per plain gradient step: {numerics['syncs_per_step']}\n"
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+    raw = {f"{v}_k{k}": rows for (v, k), rows in results.items()} | {"numerics": numerics}
+    args.out.with_suffix(".json").write_text(json.dumps(raw, indent=1))
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.worker is not None:
+        result = run_numerics(args) if args.worker == "numerics" else run_worker(args)
+        args.result.write_text(json.dumps(result))
+        return 0
+    variants = [v for v in args.variants.split(",") if v]
+    unknown = [v for v in [*variants, args.k_variant] if v != "numerics" and v not in VARIANTS]
+    if unknown:
+        raise SystemExit(f"throughput.py: error: unknown variant {unknown[0]!r}; choose from {', '.join(VARIANTS)}")
+    ks = [int(k) for k in args.ks.split(",")]
+    runs = [(v, 1) for v in variants if v != "numerics"]
+    runs += [(args.k_variant, k) for k in ks if k > 1 or args.k_variant not in variants]
+    runs += [("numerics", 1)] if "numerics" in variants else []  # last: it compiles everything again
+    deadline = time.time() + args.budget
+    results: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    numerics = None
+    for variant, k in runs:
+        if k > 1 and variant == args.k_variant and "problem" in results.get((variant, 1), [{}])[0]:
+            # Without a working K=1 run of the K variant, K runs of the plain JEPA step still measure the scaling
+            variant = "jepa"
+        if time.time() > deadline - 30:
+            rows = [{"variant": variant, "k": k, "problem": "skipped (budget)"}]
+        else:
+            rows = launch(args, variant, k, deadline, evaluate=(variant, k) == (args.k_variant, 1))
+        print(f"{variant} K={k}: {json.dumps(rows)}", flush=True)
+        if variant == "numerics":
+            numerics = rows[0]
+        else:
+            results[variant, k] = rows
+        text = report(args, results, numerics)  # after every run: a run out of time keeps what was measured
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,106 @@
+"""Throughput: the benchmark on the CPU with a tiny model, the compiled-step setting, and trials at once."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+
+from jepa_search.cli import main
+from jepa_search.settings import build_parser, settings_from_args
+from jepa_search.trial import trial_overrides
+from jepa_search.workers import WORKER_ENV, worker_commands
+
+REPO = Path(__file__).resolve().parents[1]
+BASE = ["--env", "dmc", "--full-steps", "20000", "--fidelity-frac", "0.1", "--eval-every", "500"]
+
+
+def _settings(tmp_path: Path, *extra: str):
+    return settings_from_args(build_parser().parse_args([*BASE, "--output-dir", str(tmp_path / "out"), *extra]))
+
+
+def test_benchmark_runs_on_the_cpu_and_prints_ratios_against_sheeprl(tmp_path):
+    import subprocess
+
+    out = tmp_path / "throughput.md"
+    command = [sys.executable, str(REPO / "bench" / "throughput.py"), "--tiny", "--variants", "sheeprl,jepa0,jepa"]
+    command += ["--ks", "1,2", "--k-variant", "jepa", "--window", "6", "--warmup", "3", "--out", str(out)]
+    subprocess.run(command, check=True, timeout=900, env={**os.environ, "MUJOCO_GL": "egl"})
+    runs = json.loads(out.with_suffix(".json").read_text())
+    assert runs.pop("numerics") is None  # not asked for
+    assert set(runs) == {"sheeprl_k1", "jepa0_k1", "jepa_k1", "jepa_k2"}
+    for name, rows in runs.items():
+        assert len(rows) == int(name[-1])
+        for row in rows:
+            assert "problem" not in row, row
+            assert row["grad_steps_per_s"] > 0 and row["policy_steps_per_s"] > 0 and row["window_s"] >= 6
+    # Our runs also timed one evaluation; SheepRL's loop has none
+    assert runs["sheeprl_k1"][0]["eval_s"] is None and runs["jepa_k1"][0]["eval_s"] > 0
+    lines = out.read_text().splitlines()
+    rows = {tuple(c.strip() for c in line.split("|")[1:3]): line for line in lines if line.startswith("| ")}
+    assert rows["sheeprl", "1"].split("|")[5].strip() == "1.00"  # the baseline's ratio to itself
+    total = sum(r["policy_steps_per_s"] for r in runs["jepa_k2"])
+    ratio = float(rows["jepa", "2"].split("|")[6])  # K=2 over K=1
+    assert ratio == pytest.approx(total / runs["jepa_k1"][0]["policy_steps_per_s"], abs=0.01)
+
+
+def test_compiled_step_is_on_by_default_only_on_a_gpu(tmp_path):
+    s = _settings(tmp_path, "--device", "cpu")
+    assert not s.compiles and s.gpus == () and s.n_workers == 1
+    assert "algo.compile.enabled=False" in trial_overrides(s, {}, 0, tmp_path)
+    on_gpu = dataclasses.replace(s, device="auto", gpus=(0,))
+    assert on_gpu.compiles and "algo.compile.enabled=True" in trial_overrides(on_gpu, {}, 0, tmp_path)
+    assert _settings(tmp_path, "--compile", "on").compiles
+    assert not dataclasses.replace(on_gpu, compile="off").compiles
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--trials-per-device", "0"], "--trials-per-device 0 must be positive"),
+        (["--device", "cpu", "--gpus", "0"], "--gpus 0 with --device cpu"),
+        (["--gpus", "0"], "--gpus 0: no CUDA GPU is visible"),
+        (["--override", "algo.compile.enabled=True"], "set by the search itself; use its own flag"),
+    ],
+)
+def test_bad_parallel_flags_are_one_line(tmp_path, capsys, extra, message):
+    assert main([*BASE, "--output-dir", str(tmp_path / "out"), *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_workers_are_spread_over_the_gpus_named(tmp_path, monkeypatch):
+    s = dataclasses.replace(_settings(tmp_path), gpus=(0, 1), trials_per_device=2)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,6")
+    commands = worker_commands(["--env", "dmc"], s)
+    assert s.n_workers == 4 and len(commands) == 4
+    assert [env["CUDA_VISIBLE_DEVICES"] for _, env in commands] == ["4", "6", "4", "6"]
+    assert [env[WORKER_ENV] for _, env in commands] == ["w0/gpu0", "w1/gpu1", "w2/gpu0", "w3/gpu1"]
+    for command, _ in commands:  # the last value of a repeated flag wins: one trial at a time, one visible GPU
+        assert command[-4:] == ["--trials-per-device", "1", "--gpus", "0"]
+
+
+def test_two_trials_at_once_on_the_cpu_share_the_study(tmp_path, capfd):
+    out = tmp_path / "par"
+    argv = [
+        "--env", "dmc", "--full-steps", "2560", "--fidelity-frac", "0.2", "--eval-every", "256",
+        "--eval-episodes", "2", "--dry-run", "--pruner", "none", "--n-trials", "2",
+        "--trials-per-device", "2", "--output-dir", str(out),
+    ]  # fmt: skip
+    assert main(argv) == 0
+    printed = capfd.readouterr().out
+    assert "w0]" in printed and "w1]" in printed
+    study = optuna.load_study(study_name="jepa-phase1-dmc-walker_walk-dry-run", storage=f"sqlite:///{out}/study.db")
+    trials = study.get_trials()
+    assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"]
+    first, second = sorted(trials, key=lambda t: t.datetime_start)
+    assert second.datetime_start < first.datetime_complete  # they trained at the same time
+    for t in trials:
+        assert json.loads((out / f"trial_{t.number}" / "results.json").read_text())["state"] == "COMPLETE"
+    assert (out / "SUMMARY.md").exists() and (out / "results.csv").exists()
