@@ -9,6 +9,6 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | 
 nvidia-smi dmon -s u -d 5 -o T > "$out/sm_use.txt" 2>&1 &
 dmon=$!
 python3 bench/throughput.py --out "$out/throughput_gpu.md" --scratch /tmp/throughput_runs --budget "${BUDGET:-470}" \
-  --window "${WINDOW:-20}" --warmup 8 --variants sheeprl,jepa0,jepa,jepa_compiled,numerics --ks 1,4,8,2
+  --window "${WINDOW:-20}" --warmup 8
 kill $dmon
 tar czf "$out/worker_logs.tgz" -C /tmp/throughput_runs --exclude runs .

@@ -2,13 +2,13 @@
 
 One command, on a GPU (DMC walker-walk from 64x64 pixels, model S, bf16, the search's configuration):
     MUJOCO_GL=egl python bench/throughput.py --out docs/throughput_gpu.md
-On the CPU, with a tiny model (what CI runs):
+On the CPU, with a tiny model and without the compiled step (minutes of compilation on a CPU; CI runs this):
     MUJOCO_GL=egl python bench/throughput.py --tiny --out /tmp/throughput.md
 
 Every variant trains in a process of its own and is timed in its steady state only: the window opens after
 `--warmup` gradient steps (start-up, random acting before `learning_starts` and compilation are over) and lasts
-`--window` seconds. K concurrent trials wait for each other at that point, so that their windows overlap. Each
-process then plays one evaluation at the search's settings (episodes, environments), timed on its own.
+`--window` seconds. K concurrent trials wait for each other at that point, so that their windows overlap. The
+single run of the `--evaluate` variant then plays one evaluation at the search's settings, timed on its own.
 A `numerics` check trains the same batch with the plain and the compiled step and compares their losses.
 """
 
@@ -46,7 +46,8 @@ VARIANTS: dict[str, tuple[str, tuple[str, ...], str]] = {
         "SheepRL's loop with its algo.compile",
     ),
 }
-DEFAULT_VARIANTS = ("sheeprl", "jepa0", "jepa", "jepa_compiled")
+DEFAULT_RUNS = "sheeprl,jepa0,jepa,jepa_compiled,jepa_compiled*4,jepa_compiled*8,numerics,jepa_compiled*2"
+TINY_RUNS = "sheeprl,jepa0,jepa,jepa*2"
 
 # The same for every variant: no logging, checkpoints or videos, a buffer that fits K processes
 COMMON_OVERRIDES = (
@@ -187,7 +188,7 @@ def run_worker(args: argparse.Namespace) -> dict[str, Any]:
         raise RuntimeError("the run ended before the window closed: raise algo.total_steps")
     except BenchDone:
         window = time.perf_counter() - meter.window_at
-    if args.evaluate and meter.evaluator is not None:
+    if args.timed_eval and meter.evaluator is not None:
         eval_seconds = meter.evaluator.evaluate(1, 0).seconds
     cuda = torch.cuda.is_available() and args.accelerator != "cpu"
     return {
@@ -301,7 +302,7 @@ def launch(args: argparse.Namespace, variant: str, k: int, deadline: float, eval
     procs = []
     for i in range(k):
         out, log = barrier / f"result_{i}.json", barrier / f"worker_{i}.log"
-        command = _worker_command(args, variant, 5 + i, k, barrier, out) + (["--evaluate"] if evaluate else [])
+        command = _worker_command(args, variant, 5 + i, k, barrier, out) + (["--timed-eval"] if evaluate else [])
         with log.open("w") as f:
             procs.append((subprocess.Popen(command, stdout=f, stderr=subprocess.STDOUT, env=env), out, log))
     rows, problem = [], None
@@ -363,7 +364,13 @@ def environment(args: argparse.Namespace) -> str:
 
     import torch
 
-    versions = ", ".join(f"{p} {md.version(p)}" for p in ("torch", "sheeprl", "mujoco", "dm-control"))
+    def version(package: str) -> str:
+        try:
+            return md.version(package)
+        except md.PackageNotFoundError:  # e.g. dm_control unpacked onto the path, without its metadata
+            return "?"
+
+    versions = ", ".join(f"{p} {version(p)}" for p in ("torch", "sheeprl", "mujoco", "dm-control"))
     device = torch.cuda.get_device_name(0) if args.accelerator == "cuda" else f"CPU ({os.cpu_count()} cores)"
     config = "tiny model, 2 envs, 100-step episodes" if args.tiny else "model S, bf16, 4 envs, replay ratio 0.5"
     return f"{device}; {versions}; python {platform.python_version()}; walker-walk 64x64 pixels, {config}"
@@ -373,10 +380,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="tiny model and short episodes (CPU, CI)")
     parser.add_argument(
-        "--variants", default=",".join(DEFAULT_VARIANTS), help="comma-separated, of: numerics, " + ", ".join(VARIANTS)
+        "--runs",
+        help="comma-separated runs in order: a variant, or VARIANT*K for K processes of it at once (default: "
+        f"{DEFAULT_RUNS}; with --tiny {TINY_RUNS}); variants: " + ", ".join(["numerics", *VARIANTS]),
     )
-    parser.add_argument("--ks", default="1,2,4,8", help="trials at once, for --k-variant")
-    parser.add_argument("--k-variant", default="jepa_compiled", help="the variant run K at once")
+    parser.add_argument("--evaluate", help="the variant whose K=1 run times an evaluation (jepa_compiled; tiny: jepa)")
     parser.add_argument("--warmup", type=int, default=None, help="gradient steps before the window (GPU 30, tiny 5)")
     parser.add_argument("--window", type=float, default=None, help="seconds of the window (GPU 40, tiny 8)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads per process")
@@ -390,7 +398,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=5, help=argparse.SUPPRESS)
     parser.add_argument("--k", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--barrier", default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--evaluate", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--timed-eval", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--result", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--log-root", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -398,6 +406,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         import torch
 
         args.accelerator = "cuda" if torch.cuda.is_available() else "cpu"
+    args.runs = args.runs or (TINY_RUNS if args.tiny else DEFAULT_RUNS)
+    args.evaluate = args.evaluate or ("jepa" if args.tiny else "jepa_compiled")
     args.warmup = args.warmup if args.warmup is not None else (5 if args.tiny else 30)
     args.window = args.window if args.window is not None else (8.0 if args.tiny else 40.0)
     args.scratch = (args.scratch or args.out.parent / (args.out.stem + "_runs")).resolve()
@@ -427,25 +437,21 @@ def main(argv: list[str] | None = None) -> int:
         result = run_numerics(args) if args.worker == "numerics" else run_worker(args)
         args.result.write_text(json.dumps(result))
         return 0
-    variants = [v for v in args.variants.split(",") if v]
-    unknown = [v for v in [*variants, args.k_variant] if v != "numerics" and v not in VARIANTS]
+    runs = [(v, int(k or 1)) for v, _, k in (r.partition("*") for r in args.runs.split(",") if r)]
+    unknown = [v for v, _ in runs if v != "numerics" and v not in VARIANTS]
     if unknown:
         raise SystemExit(f"throughput.py: error: unknown variant {unknown[0]!r}; choose from {', '.join(VARIANTS)}")
-    ks = [int(k) for k in args.ks.split(",")]
-    runs = [(v, 1) for v in variants if v != "numerics"]
-    runs += [(args.k_variant, k) for k in ks if k > 1 or args.k_variant not in variants]
-    runs += [("numerics", 1)] if "numerics" in variants else []  # last: it compiles everything again
     deadline = time.time() + args.budget
     results: dict[tuple[str, int], list[dict[str, Any]]] = {}
     numerics = None
     for variant, k in runs:
-        if k > 1 and variant == args.k_variant and "problem" in results.get((variant, 1), [{}])[0]:
-            # Without a working K=1 run of the K variant, K runs of the plain JEPA step still measure the scaling
+        if k > 1 and "problem" in results.get((variant, 1), [{}])[0]:
+            # Without a working K=1 run of this variant, K runs of the plain JEPA step still measure the scaling
             variant = "jepa"
         if time.time() > deadline - 30:
             rows = [{"variant": variant, "k": k, "problem": "skipped (budget)"}]
         else:
-            rows = launch(args, variant, k, deadline, evaluate=(variant, k) == (args.k_variant, 1))
+            rows = launch(args, variant, k, deadline, evaluate=(variant, k) == (args.evaluate, 1))
         print(f"{variant} K={k}: {json.dumps(rows)}", flush=True)
         if variant == "numerics":
             numerics = rows[0]
