@@ -15,6 +15,7 @@ A `numerics` check trains the same batch with the plain and the compiled step an
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -92,6 +93,16 @@ class Meter:
     barrier_wait: float = 0.0
     evaluator: Any = None
     train_env: Any = None
+    count_ops: bool = False
+    counter: Any = None
+
+    def around_grad_step(self) -> Any:
+        """Counts the operators of one warmed-up step before the window (plain steps only: a compiled step's kernels
+        do not pass through the dispatcher one by one)."""
+        if self.count_ops and self.counter is None and self.grad_steps == max(1, self.warmup - 2):
+            self.counter = op_counter()
+            return self.counter
+        return contextlib.nullcontext()
 
     def on_env_step(self, env: Any) -> None:
         if self.train_env is None:
@@ -123,18 +134,43 @@ class Meter:
         self.barrier_wait = time.perf_counter() - start
 
 
-def _wrap(owner: Any, name: str, before: Any = None, after: Any = None) -> None:
+def _wrap(owner: Any, name: str, before: Any = None, after: Any = None, around: Any = None) -> None:
+    """Instrument `owner.name`: `before` and `after` get the call's arguments, `around()` is a context for it."""
     original = getattr(owner, name)
 
     def wrapped(*args: Any, **kwargs: Any) -> Any:
         if before is not None:
             before(*args, **kwargs)
-        out = original(*args, **kwargs)
+        with around() if around is not None else contextlib.nullcontext():
+            out = original(*args, **kwargs)
         if after is not None:
             after(*args, **kwargs)
         return out
 
     setattr(owner, name, wrapped)
+
+
+# Operators whose result the host must wait for: a value read back (`.item()`, `bool(t)`) or a data-dependent size
+SYNC_OPS = frozenset({"_local_scalar_dense", "is_nonzero", "nonzero", "masked_select", "unique", "_unique2"})
+
+
+def op_counter() -> Any:
+    """A dispatch mode counting the operators of a plain (eager) gradient step: the non-view ones are the kernel
+    launches a GPU would see, give or take a few, and `SYNC_OPS` the host synchronisations."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class OpCounter(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.kernels = 0
+            self.syncs = 0
+
+        def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+            self.kernels += not func.is_view
+            self.syncs += func.overloadpacket.__name__ in SYNC_OPS
+            return func(*args, **(kwargs or {}))
+
+    return OpCounter()
 
 
 def overrides_for(variant: str, tiny: bool, accelerator: str, seed: int, log_root: Path) -> tuple[str, list[str]]:
@@ -171,12 +207,13 @@ def run_worker(args: argparse.Namespace) -> dict[str, Any]:
     meter = Meter(args.warmup, args.window, Path(args.barrier) if args.barrier else None, args.k, args.seed)
     for cls in (gym.vector.SyncVectorEnv, gym.vector.AsyncVectorEnv):
         _wrap(cls, "step", before=lambda env, *a, **kw: meter.on_env_step(env))
-    _wrap(Learner, "train_step", after=lambda *a, **kw: meter.on_grad_step())
-    _wrap(sheeprl_dv3, "train", after=lambda *a, **kw: meter.on_grad_step())
+    for owner, name in ((Learner, "train_step"), (sheeprl_dv3, "train")):
+        _wrap(owner, name, after=lambda *a, **kw: meter.on_grad_step(), around=meter.around_grad_step)
     _wrap(Evaluator, "__init__", after=lambda evaluator, *a, **kw: setattr(meter, "evaluator", evaluator))
 
     exp, overrides = overrides_for(args.worker, args.tiny, args.accelerator, args.seed, Path(args.log_root))
     cfg = compose_config(overrides, exp=exp)
+    meter.count_ops = not cfg.algo.compile.enabled
     eval_seconds = None
     try:
         if exp == "dreamer_v3_jepa":
@@ -203,6 +240,8 @@ def run_worker(args: argparse.Namespace) -> dict[str, Any]:
         "eval_s": eval_seconds,
         "eval_episodes": int(cfg.algo.eval.episodes) if "eval" in cfg.algo else None,
         "peak_gpu_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
+        "kernels_per_step": meter.counter.kernels if meter.counter is not None else None,
+        "syncs_per_step": meter.counter.syncs if meter.counter is not None else None,
     }
 
 
@@ -335,12 +374,12 @@ def table(results: dict[tuple[str, int], list[dict[str, Any]]], eval_every: int,
         f"Device: {device}. Steady-state window per run; K = trials at once on this device (totals over them).",
         "",
         "| variant | K | grad steps/s | policy steps/s | × SheepRL | × K=1 | start-up s | warm-up s | eval s "
-        f"| eval share (every {eval_every}) | peak GPU GiB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        f"| eval share (every {eval_every}) | peak GPU GiB | kernels/step | syncs/step |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for (variant, k), rows in results.items():
         if "problem" in rows[0]:
-            lines.append(f"| {variant} | {k} | {rows[0]['problem']} |" + " |" * 8)
+            lines.append(f"| {variant} | {k} | {rows[0]['problem']} |" + " |" * 10)
             continue
         gsps = sum(r["grad_steps_per_s"] for r in rows)
         psps = total[variant, k]
@@ -354,7 +393,8 @@ def table(results: dict[tuple[str, int], list[dict[str, Any]]], eval_every: int,
             f"| {variant} | {k} | {gsps:.2f} | {psps:.2f} | {_fmt(psps / base if base else None)} "
             f"| {_fmt(psps / single if single else None)} | {max(r['startup_s'] for r in rows):.0f} "
             f"| {max(r['warmup_s'] for r in rows):.0f} | {_fmt(eval_s, '.1f')} | {_fmt(share, '.1%')} "
-            f"| {_fmt(max(peaks) if peaks else None)} |"
+            f"| {_fmt(max(peaks) if peaks else None)} | {_fmt(rows[0]['kernels_per_step'], 'd')} "
+            f"| {_fmt(rows[0]['syncs_per_step'], 'd')} |"
         )
     return "\n".join(lines)
 
@@ -409,6 +449,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.runs = args.runs or (TINY_RUNS if args.tiny else DEFAULT_RUNS)
     args.evaluate = args.evaluate or ("jepa" if args.tiny else "jepa_compiled")
     args.warmup = args.warmup if args.warmup is not None else (5 if args.tiny else 30)
+    if args.warmup < 3:
+        parser.error(f"--warmup {args.warmup}: at least 3 (one step is counted, the window opens after the last)")
     args.window = args.window if args.window is not None else (8.0 if args.tiny else 40.0)
     args.scratch = (args.scratch or args.out.parent / (args.out.stem + "_runs")).resolve()
     return args

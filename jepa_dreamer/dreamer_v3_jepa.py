@@ -241,7 +241,9 @@ def train(fabric: Fabric, cfg: dict[str, Any], hook: EvalHook | None = None) -> 
                     gradient_steps += pretrain_steps
                 try:
                     for batch in sample_batches(fabric, cfg, rb, gradient_steps):
-                        learner.train_step(batch, aggregator, measure_ratio=measure_ratio and learner.heads is not None)
+                        # The ratio costs two backward passes: only when it is logged
+                        ratio_due = measure_ratio and learner.heads is not None and aggregator is not None
+                        learner.train_step(batch, aggregator, measure_ratio=ratio_due)
                         measure_ratio = False
                 except RuntimeError:
                     # NaN weights usually break a sampling op before the check below: name the cause

@@ -25,9 +25,17 @@ from torch import Tensor
 from jepa_dreamer.jepa import JEPAHeads, jepa_loss
 
 
-def _grad_norm(loss: Tensor, params: Sequence[Tensor]) -> Tensor:
-    grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
-    return torch.linalg.vector_norm(torch.stack([g.float().norm() for g in grads if g is not None]))
+def _grad_norm(fabric: Fabric, loss: Tensor, params: Sequence[Tensor]) -> Tensor:
+    """The norm of d loss / d params, through `fabric.backward`: under mixed precision Fabric refuses any other
+    backward pass (a loss scaler, when there is one, scales both norms of a ratio alike). The gradients are
+    cleared again and the graph kept, for the step's own update."""
+    for p in params:
+        p.grad = None
+    fabric.backward(loss, inputs=list(params), retain_graph=True)
+    norm = torch.linalg.vector_norm(torch.stack([p.grad.float().norm() for p in params if p.grad is not None]))
+    for p in params:
+        p.grad = None
+    return norm
 
 
 class Learner:
@@ -132,7 +140,8 @@ class Learner:
                 if measure_ratio:
                     encoder_params = list(self.world_model.encoder.parameters())
                     metrics["Grads/encoder_jepa_over_recon"] = (
-                        _grad_norm(self.jepa_coef * jepa, encoder_params) / _grad_norm(dv3_loss, encoder_params)
+                        _grad_norm(fabric, self.jepa_coef * jepa, encoder_params)
+                        / _grad_norm(fabric, dv3_loss, encoder_params)
                     ).detach()
         self._finite &= torch.isfinite(loss.detach())
         grads = update(

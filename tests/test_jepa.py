@@ -92,9 +92,9 @@ def _batch(seed: int = 0) -> dict[str, torch.Tensor]:
     }
 
 
-def _learner(cfg: dotdict, seed: int = 0) -> Learner:
+def _learner(cfg: dotdict, seed: int = 0, precision: str = "32-true") -> Learner:
     torch.manual_seed(seed)
-    fabric = Fabric(accelerator="cpu", devices=1, precision="32-true")
+    fabric = Fabric(accelerator="cpu", devices=1, precision=precision)
     return Learner(fabric, cfg, OBS_SPACE, (ACTIONS,), is_continuous=True)
 
 
@@ -152,8 +152,10 @@ def test_jepa_gradients_reach_encoder_projector_predictor_and_rssm_but_not_the_t
     assert all(p.grad is None for p in learner.world_model.observation_model.parameters())
 
 
-def test_world_model_step_updates_the_ema_target_and_logs_the_jepa_metrics():
-    learner = _learner(resolved_cfg("algo.jepa_coef=1.0", "algo.jepa_ema=0.5"))
+# bf16-mixed is the precision of the GPU experiment: Fabric refuses a backward pass other than its own there
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
+def test_world_model_step_updates_the_ema_target_and_logs_the_jepa_metrics(precision):
+    learner = _learner(resolved_cfg("algo.jepa_coef=1.0", "algo.jepa_ema=0.5"), precision=precision)
     target_before = copy.deepcopy(learner.heads.target_encoder.state_dict())
     _, _, metrics = learner.world_model_step(_batch(), measure_ratio=True)
     for key in ("Loss/jepa_loss", "JEPA/cosine", "JEPA/target_std", "Grads/encoder_jepa_over_recon"):

@@ -39,6 +39,10 @@ def test_benchmark_runs_on_the_cpu_and_prints_ratios_against_sheeprl(tmp_path):
         for row in rows:
             assert "problem" not in row, row
             assert row["grad_steps_per_s"] > 0 and row["policy_steps_per_s"] > 0 and row["window_s"] >= 6
+    # Operators of one plain step, counted through the dispatcher: ours without JEPA adds none to SheepRL's step
+    kernels = {name: rows[0]["kernels_per_step"] for name, rows in runs.items()}
+    assert 1000 < kernels["jepa0_k1"] <= kernels["sheeprl_k1"] * 1.01 < kernels["jepa_k1"]
+    assert all(rows[0]["syncs_per_step"] is not None for rows in runs.values())
     # Our runs also timed one evaluation; SheepRL's loop has none
     assert runs["sheeprl_k1"][0]["eval_s"] is None and runs["jepa_k1"][0]["eval_s"] > 0
     lines = out.read_text().splitlines()
