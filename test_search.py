@@ -28,9 +28,18 @@ import yaml  # noqa: E402
 
 from jepa_search.cli import main, run_search  # noqa: E402
 from jepa_search.objective import Objective  # noqa: E402
+from jepa_search.report import write_report  # noqa: E402
+from jepa_search.sampler import SpaceExhausted  # noqa: E402
 from jepa_search.settings import build_parser, mask_password, settings_from_args  # noqa: E402
-from jepa_search.space import DEFAULT_SPACE_FILE, load_space, to_overrides  # noqa: E402
-from jepa_search.study import check_resumable, make_pruner, make_sampler, open_study  # noqa: E402
+from jepa_search.space import DEFAULT_SPACE_FILE, configuration, is_control, load_space, to_overrides  # noqa: E402
+from jepa_search.stats import probability_of_improvement  # noqa: E402
+from jepa_search.study import (  # noqa: E402
+    check_resumable,
+    make_pruner,
+    make_sampler,
+    open_confirm_study,
+    open_study,
+)
 from jepa_search.trial import HISTORY_COLUMNS, smoothed, trial_overrides  # noqa: E402
 from tests.helpers import scripted_trainer  # noqa: E402
 
@@ -117,15 +126,22 @@ def test_smoothing_is_the_mean_of_the_last_three():
 
 
 @pytest.mark.parametrize("name,cls", [("random", optuna.samplers.RandomSampler), ("tpe", optuna.samplers.TPESampler)])
-def test_samplers_are_seeded_from_seed0_and_the_study_size(tmp_path, name, cls):
+def test_samplers_are_seeded_from_seed0_and_the_trial_number_and_never_repeat(tmp_path, name, cls):
     s = settings_for(tmp_path, "--sampler", name, "--seed0", "5")
-    draws = []
-    for n_existing in (0, 0, 3):
-        sampler = make_sampler(s, n_existing)
-        assert isinstance(sampler, cls)
-        study = optuna.create_study(sampler=sampler)
-        draws.append([study.ask().suggest_float("x", 0, 1) for _ in range(3)])
-    assert draws[0] == draws[1] != draws[2]  # same seed replays; a resumed study (3 trials in) draws anew
+    assert isinstance(make_sampler(s).make_base(0), cls)
+
+    def draw(study: optuna.Study) -> dict:
+        trial = study.ask()
+        params = {n: trial.suggest_categorical(n, list(c)) for n, c in s.space.variable.items()}
+        study.tell(trial, params["jepa_coef"])
+        return params
+
+    studies = [optuna.create_study(sampler=make_sampler(s), direction="maximize") for _ in range(2)]
+    draws = [[draw(study) for _ in range(s.space.size())] for study in studies]
+    assert draws[0] == draws[1]  # the same seed0 replays
+    assert len({tuple(d.values()) for d in draws[0]}) == s.space.size()  # every configuration once
+    with pytest.raises(SpaceExhausted, match="every configuration of the search space"):
+        draw(studies[0])
 
 
 def test_pruners_follow_the_grace_period():
@@ -163,6 +179,18 @@ BAD_INPUTS = [
     (["--override", "algo.total_steps=5"], "set by the search itself"),
     (["--override", "algo.no_such_key=1"], "SheepRL rejects the trial configuration"),
     (["--search-space", "/nonexistent/space.yaml"], "cannot read it"),
+    (["--n-trials", "1"], "--n-trials 1 leaves no trial besides the control"),
+    (["--objectives", "return,speed"], "unknown objective 'speed'"),
+    (["--objectives", "wall_time,return"], "list return first"),
+    (["--objectives", "return,return"], "list return first"),
+    (["--confirm-top-k", "-1"], "--confirm-top-k -1 must be 0"),
+    (["--confirm-top-k", "19"], "exceeds the 18 configurations"),
+    (["--confirm-seeds", "3"], "--confirm-seeds needs --confirm-top-k"),
+    (["--confirm-steps", "1000"], "--confirm-steps needs --confirm-top-k"),
+    (["--confirm-only"], "--confirm-only needs --confirm-top-k"),
+    (["--confirm-top-k", "2", "--confirm-seeds", "1"], "a confidence interval needs at least 2 seeds"),
+    (["--confirm-top-k", "2", "--confirm-steps", "100"], "--confirm-steps 100 must be between"),
+    (["--confirm-top-k", "2", "--confirm-only"], "--confirm-only: there is no study"),
 ]
 
 
@@ -222,6 +250,15 @@ def test_resume_with_other_settings_names_the_differences(tmp_path, capsys):
     assert sorted(os.listdir(tmp_path / "out")) == ["study.db"]
 
 
+def test_confirm_steps_other_than_the_confirmation_s_are_refused(tmp_path, capsys):
+    s = settings_for(tmp_path, "--confirm-top-k", "1", "--confirm-steps", "1000")
+    (tmp_path / "out").mkdir()
+    open_study(s)
+    open_confirm_study(s)
+    assert main(base_args(tmp_path, "--confirm-top-k", "1", "--confirm-only")) == 2
+    assert "use --confirm-steps 1000" in capsys.readouterr().err
+
+
 def test_fidelity_outside_the_usual_range_warns(tmp_path):
     assert any("outside the usual 0.1-0.2" in w for w in settings_for(tmp_path, "--fidelity-frac", "0.5").warnings)
 
@@ -232,7 +269,7 @@ def test_fidelity_outside_the_usual_range_warns(tmp_path):
 @pytest.mark.parametrize("pruner", ["asha", "hyperband"])
 def test_pruning_really_stops_bad_trials(tmp_path, pruner):
     space = tmp_path / "space.yaml"
-    space.write_text("variable:\n  jepa_coef: [0.3, 1.0, 3.0]\n")
+    space.write_text("variable:\n  jepa_coef: [0.3, 1.0, 3.0]\n  jepa_ema: [0.992, 0.996, 0.999]\n")
     s = settings_for(
         tmp_path,
         "--fidelity-frac",
@@ -245,6 +282,7 @@ def test_pruning_really_stops_bad_trials(tmp_path, pruner):
         pruner,
         "--search-space",
         str(space),
+        "--no-control",
     )
     assert s.n_evaluations == 8 and s.grace_evaluations == 2
     s.output_dir.mkdir()
@@ -259,6 +297,53 @@ def test_pruning_really_stops_bad_trials(tmp_path, pruner):
         assert t.params["jepa_coef"] < 3.0
     best = study.best_trial
     assert best.params["jepa_coef"] == 3.0 and best.value == pytest.approx(300.0 + 7.0)  # mean of evals 6, 7, 8
+
+
+def test_a_search_covering_the_space_trains_every_configuration_once_and_the_control(tmp_path):
+    s = settings_for(tmp_path, "--n-trials", "19")  # the control and the 18 configurations of the default space
+    s.output_dir.mkdir()
+    study = open_study(s)
+    assert run_search(study, s, Objective(s, print, trainer=scripted_trainer)) == 0
+    trials = study.get_trials()
+    assert len(trials) == 19 and {t.state.name for t in trials} <= {"COMPLETE", "PRUNED"}
+    (control,) = [t for t in trials if is_control(t)]
+    assert control.state.name == "COMPLETE" and configuration(control) == {"jepa_coef": 0.0}
+    assert len({tuple(t.params.values()) for t in trials if not is_control(t)}) == 18 == s.space.size()
+    # A rerun with more trials has nothing left to train
+    s = settings_for(tmp_path, "--n-trials", "25")
+    assert run_search(open_study(s), s, Objective(s, print, trainer=scripted_trainer)) == 0
+    assert len(study.get_trials()) == 19
+    table = pd.read_csv(s.output_dir / "results.csv")
+    assert table.loc[table["control"], "jepa_coef"].tolist() == [0.0]
+    top = json.loads((s.output_dir / "topk.json").read_text())
+    assert control.number not in [r["number"] for r in top] and top[0]["params"]["jepa_coef"] == 3.0
+    summary = (s.output_dir / "SUMMARY.md").read_text()
+    assert f"Trial {control.number}: plain DreamerV3" in summary and "the bar to beat" in summary
+
+
+def test_several_objectives_make_an_unpruned_multi_objective_study_with_a_pareto_front(tmp_path, capsys):
+    objectives = ("--objectives", "return,wall_time,peak_gpu_memory")
+    s = settings_for(tmp_path, *objectives, "--n-trials", "6")
+    assert s.pruner == "none" and any("does not prune multi-objective" in w for w in s.warnings)
+    s.output_dir.mkdir()
+    study = open_study(s)
+    assert len(study.directions) == 3
+    assert run_search(study, s, Objective(s, print, trainer=scripted_trainer)) == 0
+    trials = study.get_trials()
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 6
+    for t in trials:
+        results = json.loads((s.output_dir / f"trial_{t.number}" / "results.json").read_text())
+        assert t.values == [results["objective"], results["wall_time_s"], results["peak_memory_mib"]]
+        assert results["peak_memory_mib"] > 0  # the process's peak RSS on a CPU
+        assert not t.intermediate_values and len(t.user_attrs["smoothed_returns"]) == s.n_evaluations
+    write_report(study, s.output_dir)
+    summary = (s.output_dir / "SUMMARY.md").read_text()
+    assert "## Pareto front" in summary and "Optuna does not prune multi-objective studies" in summary
+    for t in study.best_trials:
+        assert f"| {t.number} | " in summary.split("## Pareto front")[1]
+    assert (s.output_dir / "plots" / "pareto_front.png").stat().st_size > 1000
+    assert main(base_args(tmp_path, *objectives, "--n-trials", "6")) == 0  # a resume: nothing left to train
+    assert "pruning is off" in capsys.readouterr().err
 
 
 # --- real runs ------------------------------------------------------------------------------------------------------
@@ -282,7 +367,8 @@ SMALL = [
 
 @pytest.fixture(scope="module")
 def dry_run(tmp_path_factory) -> Path:
-    """A real small dry-run search of 2 trials, shared by the tests below (the last one adds a trial)."""
+    """A real small dry-run search of 2 trials (the control and one JEPA configuration), shared by the tests below
+    (the last one adds a trial)."""
     out = tmp_path_factory.mktemp("dry") / "runs"
     assert main([*SMALL, "--n-trials", "2", "--output-dir", str(out), "--tensorboard", "--wandb-project", "jepa"]) == 0
     return out
@@ -302,7 +388,7 @@ def test_real_dry_run_writes_the_trial_files(dry_run):
         assert tuple(history.columns) == HISTORY_COLUMNS
         assert list(history["step"]) == [256, 512][: len(history)]
         assert results["state"] == t.state.name and results["seed"] == 3 + t.number
-        assert results["params"] == t.params and results["steps"] == history["step"].iloc[-1]
+        assert results["params"] == configuration(t) and results["steps"] == history["step"].iloc[-1]
         assert results["frames"] == results["steps"]  # a dry run has no action repeat
         assert results["best_eval_return"] == history["eval_return"].max() > 0
         assert results["versions"]["sheeprl"] == "0.8.4" and results["versions"]["git_commit"]
@@ -310,11 +396,12 @@ def test_real_dry_run_writes_the_trial_files(dry_run):
             assert t.value == pytest.approx(results["objective"]) == pytest.approx(history["smoothed_return"].max())
         assert "Eval 1 at policy_step=256" in (folder / "training.log").read_text()
         # --tensorboard: the trial's event file has the evaluation returns, and the training metrics once it trained
-        # (a dry run trains from step 256 on)
-        expected = {"Eval/return_mean"} | (
-            {"Loss/world_model_loss", "Loss/jepa_loss"} if results["steps"] > 256 else set()
-        )
-        assert expected <= tensorboard_scalars(folder)
+        # (a dry run trains from step 256 on); the control has no JEPA loss
+        trained = results["steps"] > 256
+        expected = {"Eval/return_mean"} | ({"Loss/world_model_loss"} if trained else set())
+        scalars = tensorboard_scalars(folder)
+        assert expected <= scalars and ("Loss/jepa_loss" in scalars) == (trained and not is_control(t))
+    assert sum(is_control(t) for t in trials) == 1
 
 
 def tensorboard_scalars(folder: Path) -> set[str]:
@@ -338,7 +425,7 @@ def test_wandb_offline_holds_one_run_per_trial_with_its_evaluation_curve(dry_run
         (run,) = [r.run for r in records if r.WhichOneof("record_type") == "run"]
         assert run.display_name == f"trial_{t.number}" and run.run_group == "jepa-phase1-dmc-walker_walk-dry-run"
         config = {_key(i): json.loads(i.value_json) for i in run.config.update}
-        assert config["params"] == t.params and config["settings"]["study_name"] == run.run_group
+        assert config["params"] == configuration(t) and config["settings"]["study_name"] == run.run_group
         curve = [
             {_key(i): json.loads(i.value_json) for i in r.history.item}
             for r in records
@@ -419,7 +506,13 @@ def test_rerun_adds_nothing_and_a_higher_n_trials_adds_the_difference(dry_run):
 def test_subprocess_isolation_writes_the_same_files(tmp_path):
     out = tmp_path / "iso"
     assert (
-        main([*SMALL, "--n-trials", "1", "--isolation", "subprocess", "--pruner", "none", "--output-dir", str(out)])
+        main(
+            [
+                *SMALL,
+                *("--n-trials", "1", "--no-control", "--isolation", "subprocess", "--pruner", "none"),
+                *("--output-dir", str(out)),
+            ]
+        )
         == 0
     )
     results = json.loads((out / "trial_0" / "results.json").read_text())
@@ -428,6 +521,44 @@ def test_subprocess_isolation_writes_the_same_files(tmp_path):
     assert "Eval 2 at policy_step=512" in (out / "trial_0" / "training.log").read_text()
     study = optuna.load_study(study_name="jepa-phase1-dmc-walker_walk-dry-run", storage=f"sqlite:///{out}/study.db")
     assert study.trials[0].intermediate_values.keys() == {1, 2}  # reported by the child process
+
+
+def test_real_confirmation_of_the_best_configuration_and_the_control_on_fresh_seeds(tmp_path):
+    out = tmp_path / "confirm"
+    # One evaluation per trial and run (256 steps): the final evaluation never prunes
+    argv = [
+        *SMALL,
+        *("--fidelity-frac", "0.1", "--n-trials", "2", "--output-dir", str(out)),
+        *("--confirm-top-k", "1", "--confirm-seeds", "2"),
+    ]
+    assert main(argv) == 0
+    study = _study(out)
+    (jepa,) = [t for t in study.trials if not is_control(t)]
+    runs = pd.read_csv(out / "confirm.csv")  # 2 configurations x 2 seeds
+    assert len(runs) == 4 and set(runs["state"]) == {"COMPLETE"}
+    assert set(runs["configuration"]) == {"control", f"trial {jepa.number}"}
+    assert set(runs["seed"]) == {3 + 1_000_000, 3 + 1_000_001}  # disjoint from the search's seeds (3, 4)
+    for run in runs.to_dict("records"):
+        folder = out / run["run_dir"]
+        results = json.loads((folder / "results.json").read_text())
+        history = pd.read_csv(folder / "history.csv")
+        assert results["state"] == "COMPLETE" and results["seed"] == run["seed"] and results["steps"] == 256
+        assert run["return"] == pytest.approx(results["objective"]) == pytest.approx(history["smoothed_return"].max())
+        assert "Eval 1 at policy_step=256" in (folder / "training.log").read_text()
+    section = (out / "SUMMARY.md").read_text().split("## Confirmation")[1].split("\n## ")[0]
+    returns = {c: sorted(g["return"]) for c, g in runs.groupby("configuration")}
+    for config, (low, high) in returns.items():
+        # The bootstrap interval of two runs' mean spans them (a resample is both of one, or one of each)
+        assert f"| {config} | " in section and f"{(low + high) / 2:.2f} [{low:.2f}, {high:.2f}]" in section
+    p = probability_of_improvement(returns[f"trial {jepa.number}"], returns["control"])
+    assert f"| {p:.2f} [" in section
+    top = json.loads((out / "topk.json").read_text())
+    assert top[0]["number"] == jepa.number and top[0]["ranked_by"] == "confirmation"
+    assert top[0]["confirmation"]["runs"] == 2
+    assert "ranked by the confirmation" in (out / "best_config.yaml").read_text()
+    # Only the confirmation, on the existing study: every run is done, nothing is trained again
+    assert main([*argv, "--confirm-only"]) == 0
+    assert len(pd.read_csv(out / "confirm.csv")) == 4 and len(_study(out).trials) == 2
 
 
 def _start_search(out: Path, *extra: str) -> subprocess.Popen:
@@ -447,7 +578,7 @@ def _wait_for_first_evaluation(out: Path, proc: subprocess.Popen) -> None:
 
 def test_sigterm_records_the_trial_and_queues_it_again(tmp_path):
     out = tmp_path / "term"
-    proc = _start_search(out)
+    proc = _start_search(out, "--no-control")
     _wait_for_first_evaluation(out, proc)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=120) == 143
@@ -493,7 +624,7 @@ def test_killed_several_times_the_search_still_finishes_every_trial_exactly_once
     assert len(set(roots)) == 2  # no configuration finished twice
     for t in trials:
         results = json.loads((out / f"trial_{t.number}" / "results.json").read_text())
-        assert results["state"] == t.state.name and results["params"] == t.params
+        assert results["state"] == t.state.name and results["params"] == configuration(t)
     resumed = [json.loads((out / f"trial_{t.number}" / "results.json").read_text()) for t in finished]
     resumed = [r for r in resumed if r.get("resumed_from")]
     assert resumed, "no retried trial continued from a checkpoint"
@@ -540,6 +671,7 @@ def test_atari_tiny_search_runs(tmp_path):
         "--dry-run",
         "--n-trials",
         "1",
+        "--no-control",
         "--pruner",
         "none",
         "--output-dir",

@@ -22,8 +22,10 @@ from optuna.storages import fail_stale_trials
 from optuna.trial import FrozenTrial, TrialState
 
 from jepa_dreamer.runner import compose_config
+from jepa_search.confirm import ConfirmObjective, run_confirmation
 from jepa_search.objective import Objective
 from jepa_search.report import write_report
+from jepa_search.sampler import untried_keys
 from jepa_search.settings import (
     EXPERIMENTS,
     SearchSettings,
@@ -32,7 +34,15 @@ from jepa_search.settings import (
     mask_password,
     settings_from_args,
 )
-from jepa_search.study import FINISHED, check_resumable, finished_count, open_study, retry_callback
+from jepa_search.study import (
+    FINISHED,
+    NOT_TRAINED_ATTR,
+    check_resumable,
+    finished_count,
+    open_confirm_study,
+    open_study,
+    retry_callback,
+)
 from jepa_search.trial import trial_overrides
 from jepa_search.workers import WORKER_ENV, run_workers
 
@@ -69,7 +79,8 @@ def _printer(stream=None) -> Callable[[str], None]:
 
 
 def run_search(study: optuna.Study, settings: SearchSettings, objective: Objective) -> int:
-    """Run trials until `n_trials` are finished (complete or pruned) in the study, counting every worker's."""
+    """Run trials until `n_trials` are finished (complete or pruned) in the study, counting every worker's and the
+    control, or until every configuration of the space has been tried."""
     progress = objective.progress
     retry = retry_callback(settings)
     failures = 0
@@ -78,14 +89,15 @@ def run_search(study: optuna.Study, settings: SearchSettings, objective: Objecti
         nonlocal failures
         if trial.state == TrialState.FAIL:
             failures += 1
-            retry(study, trial)  # queued again with the same parameters, up to --max-retries times
+            if not trial.user_attrs.get(NOT_TRAINED_ATTR):
+                retry(study, trial)  # queued again with the same parameters, up to --max-retries times
         done = study.get_trials(deepcopy=False, states=FINISHED)
         pruned = sum(t.state == TrialState.PRUNED for t in done)
         seconds = [(t.datetime_complete - t.datetime_start).total_seconds() for t in done if t.datetime_start]
         left = sum(seconds) / len(seconds) * max(0, settings.n_trials - len(done)) if seconds else 0.0
         progress(
             f"trial {trial.number} {trial.state.name.lower()}"
-            + (f" value {trial.value:.2f}" if trial.value is not None else "")
+            + (f" values {', '.join(f'{v:.2f}' for v in trial.values)}" if trial.values else "")
             + f"; finished {len(done)}/{settings.n_trials} ({pruned} pruned), about {left / 3600:.1f} h left"
         )
         write_report(study, settings.output_dir)
@@ -97,6 +109,10 @@ def run_search(study: optuna.Study, settings: SearchSettings, objective: Objecti
         # Trials other workers are running count, so several workers stop together at n_trials (or a few more, when
         # two of them start a trial at the same moment)
         if len(trials) >= settings.n_trials:
+            break
+        # No duplicates: once every configuration has a trial and none is queued, there is nothing left to train
+        everything = study.get_trials(deepcopy=False)
+        if not untried_keys(everything, settings.space) and not any(t.state == TrialState.WAITING for t in everything):
             break
         # Every trial failing (a broken environment, say) must not loop forever: each may fail and be retried
         if failures >= settings.n_trials * (settings.max_retries + 1):
@@ -111,6 +127,30 @@ def _requeue_interrupted(study: optuna.Study, settings: SearchSettings, number: 
     trial = next((t for t in study.get_trials(deepcopy=False) if t.number == number), None)
     if trial is not None and trial.state == TrialState.FAIL:
         retry_callback(settings)(study, trial)
+
+
+def run_stages(study: optuna.Study, settings: SearchSettings, progress: Callable[[str], None]) -> int:
+    """The search (unless --confirm-only), then the confirmation (with --confirm-top-k). An interrupt queues the
+    run this process was training again, in the study it belongs to."""
+    objective = Objective(settings, progress)
+    stage = study, objective
+    previous = signal.signal(signal.SIGTERM, _raise_on_sigterm)
+    try:
+        code = 0 if settings.confirm_only else run_search(study, settings, objective)
+        if code == 0 and settings.confirm_top_k:
+            confirm, confirm_objective = open_confirm_study(settings), ConfirmObjective(settings, progress)
+            stage = confirm, confirm_objective
+            code = run_confirmation(
+                study, confirm, settings, confirm_objective, lambda: write_report(study, settings.output_dir)
+            )
+    except KeyboardInterrupt as e:
+        _requeue_interrupted(stage[0], settings, stage[1].current)
+        progress(f"interrupted ({type(e).__name__}); the running trial is queued again. Rerun the same command.")
+        return 143 if isinstance(e, Interrupted) else 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        write_report(study, settings.output_dir)
+    return code
 
 
 def report_only(args: argparse.Namespace) -> int:
@@ -171,17 +211,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         write_report(study, settings.output_dir)
         progress(f"done: {finished_count(study)} finished trials in {settings.study_name} (exit {code})")
         return code
-    objective = Objective(settings, progress)
-    previous = signal.signal(signal.SIGTERM, _raise_on_sigterm)
-    try:
-        code = run_search(study, settings, objective)
-    except KeyboardInterrupt as e:
-        _requeue_interrupted(study, settings, objective.current)
-        progress(f"interrupted ({type(e).__name__}); the running trial is queued again. Rerun the same command.")
-        return 143 if isinstance(e, Interrupted) else 130
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        write_report(study, settings.output_dir)
+    code = run_stages(study, settings, progress)
+    if code in (130, 143):
+        return code
     running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
     progress(
         f"done: {finished_count(study)} finished trials in {settings.study_name}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -14,9 +15,10 @@ import optuna
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 
 from jepa_dreamer.runner import run
-from jepa_search.settings import EXPERIMENTS, SearchSettings, mask_password
-from jepa_search.space import suggest
-from jepa_search.study import root_number
+from jepa_search.sampler import SpaceExhausted
+from jepa_search.settings import EXPERIMENTS, OBJECTIVE_KEYS, SearchSettings, mask_password
+from jepa_search.space import CONTROL_PARAMS, is_control, suggest
+from jepa_search.study import NOT_TRAINED_ATTR, root_number
 from jepa_search.trial import Trainer, TrialSpec, latest_checkpoint, run_trial, trial_dir_name, trial_overrides
 
 WRAPPER = Path(__file__).resolve().parents[1] / "train_wrapper.py"
@@ -34,6 +36,7 @@ SUMMARY_KEYS = (
     "frames",
     "wall_time_s",
     "device",
+    "peak_memory_mib",
     "fail_reason",
 )
 
@@ -42,13 +45,21 @@ def _frozen(trial: optuna.Trial) -> optuna.trial.FrozenTrial:
     return next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number)
 
 
-def make_spec(settings: SearchSettings, trial: optuna.Trial, params: dict[str, Any]) -> TrialSpec:
-    """The trial's spec; a retry continues from the newest checkpoint of the earlier tries of its configuration."""
-    frozen = _frozen(trial)
-    seed = settings.seed0 + root_number(frozen)
-    folder = settings.output_dir / trial_dir_name(trial.number)
-    overrides = trial_overrides(settings, params, seed, folder)
-    checkpoint = latest_checkpoint(settings.output_dir, RetryHeartbeatStaleTrialCallback.retry_history(frozen))
+def make_spec(
+    settings: SearchSettings,
+    trial: optuna.Trial,
+    params: dict[str, Any],
+    seed: int,
+    folder_name: Callable[[int], str],
+    steps: int,
+    prunable: bool,
+) -> TrialSpec:
+    """The run's spec (a search trial's or a confirmation run's: `folder_name` of a trial number, `steps`); a retry
+    continues from the newest checkpoint of the earlier tries of its configuration."""
+    folder = settings.output_dir / folder_name(trial.number)
+    overrides = trial_overrides(settings, params, seed, folder, steps)
+    earlier = RetryHeartbeatStaleTrialCallback.retry_history(_frozen(trial))
+    checkpoint = latest_checkpoint([settings.output_dir / folder_name(n) for n in earlier])
     if checkpoint is not None:
         overrides.append(f"checkpoint.resume_from={checkpoint}")
     return TrialSpec(
@@ -60,12 +71,16 @@ def make_spec(settings: SearchSettings, trial: optuna.Trial, params: dict[str, A
         overrides=overrides,
         trial_dir=str(folder),
         grace_evaluations=settings.grace_evaluations,
-        n_evaluations=settings.n_evaluations,
-        study_name=settings.study_name,
+        n_evaluations=math.ceil(steps / settings.eval_every),
+        study_name=trial.study.study_name,
         storage=mask_password(settings.storage),
         exp=EXPERIMENTS[settings.env],
         settings=settings.as_dict(),
         resume_from=str(checkpoint) if checkpoint is not None else None,
+        steps=steps,
+        # Optuna takes intermediate values (and prunes) in single-objective studies only
+        report=len(trial.study.directions) == 1,
+        prunable=prunable and len(trial.study.directions) == 1,
     )
 
 
@@ -89,8 +104,9 @@ def run_in_subprocess(spec: TrialSpec, storage: str) -> dict[str, Any]:
 
 
 class Objective:
-    """The objective: best smoothed evaluation return of the trial; raises `TrialPruned` when pruned. `current` is
-    the number of the trial this process is running, so an interrupt can queue it again."""
+    """The search's objective: the best smoothed evaluation return of the trial (with wall time and peak memory when
+    those are objectives too); raises `TrialPruned` when pruned. `current` is the number of the trial this process
+    is running, so an interrupt can queue it again."""
 
     def __init__(self, settings: SearchSettings, progress: Callable[[str], None], trainer: Trainer = run) -> None:
         self.settings = settings
@@ -98,17 +114,32 @@ class Objective:
         self.trainer = trainer
         self.current: int | None = None
 
-    def __call__(self, trial: optuna.Trial) -> float:
+    def __call__(self, trial: optuna.Trial) -> float | tuple[float, ...]:
         settings = self.settings
         self.current = trial.number
-        params = suggest(trial, settings.space)
-        spec = make_spec(settings, trial, params)
-        trial.set_user_attr("seed", spec.seed)
-        trial.set_user_attr("trial_dir", trial_dir_name(trial.number))
-        self.progress(f"trial {trial.number} started: {params} seed {spec.seed}")
+        control = is_control(trial)
         try:
-            if settings.isolation == "subprocess":
-                results = run_in_subprocess(spec, settings.storage)
+            params = dict(CONTROL_PARAMS) if control else suggest(trial, settings.space)
+        except SpaceExhausted as e:
+            not_trained(trial, e)
+            raise
+        seed = settings.seed0 + root_number(_frozen(trial))
+        spec = make_spec(settings, trial, params, seed, trial_dir_name, settings.trial_steps, prunable=not control)
+        label = "the control (plain DreamerV3)" if control else str(params)
+        results = self.train(trial, spec, f"trial {trial.number} started: {label} seed {seed}")
+        if results["state"] == "PRUNED":
+            raise optuna.TrialPruned(f"pruned at evaluation {results['evaluations']}")
+        values = tuple(float(results[OBJECTIVE_KEYS[name]]) for name in settings.objectives)
+        return values if settings.multi_objective else values[0]
+
+    def train(self, trial: optuna.Trial, spec: TrialSpec, started: str) -> dict[str, Any]:
+        """Run the spec (in this process or a child) and keep its summary in the trial's user attributes."""
+        trial.set_user_attr("seed", spec.seed)
+        trial.set_user_attr("trial_dir", os.path.relpath(spec.trial_dir, self.settings.output_dir))
+        self.progress(started)
+        try:
+            if self.settings.isolation == "subprocess":
+                results = run_in_subprocess(spec, self.settings.storage)
             else:
                 results = run_trial(spec, trial, self.progress, self.trainer)
         except BaseException as e:
@@ -116,6 +147,10 @@ class Objective:
             raise
         for key in SUMMARY_KEYS:
             trial.set_user_attr(key, results[key])
-        if results["state"] == "PRUNED":
-            raise optuna.TrialPruned(f"pruned at evaluation {results['evaluations']}")
-        return float(results["objective"])
+        return results
+
+
+def not_trained(trial: optuna.Trial, reason: Exception) -> None:
+    """Mark a trial that ends before training (nothing left to run): failed, but never retried."""
+    trial.set_user_attr("fail_reason", f"{type(reason).__name__}: {reason}")
+    trial.set_user_attr(NOT_TRAINED_ATTR, True)

@@ -37,6 +37,9 @@ RESERVED_OVERRIDES = (
     "algo.jepa_",
     "algo.compile.enabled",
 )
+# What each objective of --objectives optimises, and the results.json key it is read from
+OBJECTIVES = {"return": "maximize", "wall_time": "minimize", "peak_gpu_memory": "minimize"}
+OBJECTIVE_KEYS = {"return": "objective", "wall_time": "wall_time_s", "peak_gpu_memory": "peak_memory_mib"}
 
 
 class UsageError(ValueError):
@@ -74,6 +77,12 @@ class SearchSettings:
     compile: str = "auto"
     trials_per_device: int = 1
     gpus: tuple[int, ...] = ()
+    objectives: tuple[str, ...] = ("return",)
+    control: bool = True
+    confirm_top_k: int = 0
+    confirm_seeds: int = 3
+    confirm_steps: int = 0
+    confirm_only: bool = False
     warnings: tuple[str, ...] = field(default=(), compare=False)
 
     @property
@@ -104,6 +113,20 @@ class SearchSettings:
         """No pruning before this many evaluations (`grace_frac` of them, at least one)."""
         return max(1, math.ceil(self.grace_frac * self.n_evaluations))
 
+    @property
+    def directions(self) -> list[str]:
+        """One Optuna direction per objective; several make a multi-objective study (never pruned)."""
+        return [OBJECTIVES[name] for name in self.objectives]
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.objectives) > 1
+
+    @property
+    def confirm_evaluations(self) -> int:
+        """Evaluations per confirmation run (at `confirm_steps`)."""
+        return math.ceil(self.confirm_steps / self.eval_every)
+
     def fingerprint(self) -> dict[str, Any]:
         """The settings that define the study: a resume with other values would mix incomparable trials."""
         keys = (
@@ -119,9 +142,12 @@ class SearchSettings:
             "seed0",
             "dry_run",
             "overrides",
+            "objectives",
+            "control",
         )
         d = {k: getattr(self, k) for k in keys}
         d["overrides"] = list(self.overrides)
+        d["objectives"] = list(self.objectives)
         d["space"] = self.space.as_dict()
         return d
 
@@ -168,7 +194,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--study-name", help="study name (default derived from env, task and --dry-run)")
     p.add_argument("--search-space", help="YAML search space (default configs/search_space.yaml)")
     p.add_argument("--sampler", choices=["random", "tpe"], default="random")
-    p.add_argument("--pruner", choices=["hyperband", "asha", "none"], default="hyperband")
+    p.add_argument(
+        "--pruner",
+        choices=["hyperband", "asha", "none"],
+        default="hyperband",
+        help="early stopping of lagging trials; off with several --objectives (Optuna cannot prune those)",
+    )
     p.add_argument("--grace-frac", type=float, default=0.25, help="no pruning before this fraction of evaluations")
     p.add_argument("--seed0", type=int, default=0, help="trial seed = seed0 + trial number")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="where trials train")
@@ -212,6 +243,36 @@ def build_parser() -> argparse.ArgumentParser:
         "--gpus",
         help="comma-separated CUDA device ids to spread the workers over (default: every visible GPU when "
         "--device is auto or cuda)",
+    )
+    p.add_argument(
+        "--objectives",
+        default="return",
+        help="comma-separated, return first: return (maximised), wall_time, peak_gpu_memory (minimised); several "
+        "make a multi-objective study, which is not pruned",
+    )
+    p.add_argument(
+        "--no-control",
+        dest="control",
+        action="store_false",
+        help="do not train the control (jepa_coef 0, plain DreamerV3), which otherwise is one of the --n-trials",
+    )
+    p.add_argument(
+        "--confirm-top-k",
+        type=int,
+        default=0,
+        metavar="K",
+        help="after the search, train the K best configurations and the control again on fresh seeds",
+    )
+    p.add_argument(
+        "--confirm-seeds", type=int, metavar="S", help="seeds per confirmed configuration (default 3, at least 2)"
+    )
+    p.add_argument(
+        "--confirm-steps", type=int, metavar="N", help="policy steps per confirmation run (default: a trial's budget)"
+    )
+    p.add_argument(
+        "--confirm-only",
+        action="store_true",
+        help="run only the confirmation, on the existing study of the same command (no new search trials)",
     )
     p.add_argument(
         "--report-only",
@@ -322,6 +383,46 @@ def _check_gpus(device: str, gpus: str | None) -> tuple[int, ...]:
     return ids
 
 
+def _check_objectives(text: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in text.split(","))
+    for name in names:
+        if name not in OBJECTIVES:
+            raise UsageError(f"--objectives {text}: unknown objective {name!r}; use some of: {', '.join(OBJECTIVES)}")
+    if names[0] != "return" or len(set(names)) != len(names):
+        raise UsageError(f"--objectives {text}: list return first and each objective once, e.g. return,wall_time")
+    return names
+
+
+def _check_confirmation(args: argparse.Namespace, budget: int, space_size: int) -> tuple[int, int]:
+    """The confirmation's seeds and steps; the flags only make sense with --confirm-top-k."""
+    if args.confirm_top_k < 0:
+        raise UsageError(f"--confirm-top-k {args.confirm_top_k} must be 0 (no confirmation) or more")
+    if not args.confirm_top_k:
+        for flag, value in (
+            ("--confirm-seeds", args.confirm_seeds),
+            ("--confirm-steps", args.confirm_steps),
+            ("--confirm-only", args.confirm_only or None),
+        ):
+            if value is not None:
+                raise UsageError(f"{flag} needs --confirm-top-k K (how many configurations to confirm)")
+        return 3, budget
+    if args.confirm_top_k > space_size:
+        raise UsageError(
+            f"--confirm-top-k {args.confirm_top_k} exceeds the {space_size} configurations of the search space; "
+            f"use {space_size} or less"
+        )
+    seeds = 3 if args.confirm_seeds is None else args.confirm_seeds
+    if seeds < 2:
+        raise UsageError(f"--confirm-seeds {seeds}: a confidence interval needs at least 2 seeds")
+    steps = budget if args.confirm_steps is None else args.confirm_steps
+    if not args.eval_every <= steps <= args.full_steps:
+        raise UsageError(
+            f"--confirm-steps {steps} must be between --eval-every ({args.eval_every}) and --full-steps "
+            f"({args.full_steps})"
+        )
+    return seeds, steps
+
+
 def settings_from_args(args: argparse.Namespace) -> SearchSettings:
     """Validate every argument; raise `UsageError` on the first bad one. Creates nothing."""
     for flag, value in (("--env", args.env), ("--full-steps", args.full_steps)):
@@ -363,6 +464,22 @@ def settings_from_args(args: argparse.Namespace) -> SearchSettings:
         space = load_space(args.search_space)
     except SpaceError as e:
         raise UsageError(str(e)) from e
+    if args.control and args.n_trials < 2:
+        raise UsageError(
+            f"--n-trials {args.n_trials} leaves no trial besides the control; use --n-trials 2 or more, or --no-control"
+        )
+    if args.n_trials > space.size() + args.control:
+        notes.append(
+            f"--n-trials {args.n_trials} exceeds the {space.size()} configurations of the search space"
+            + (" and the control" if args.control else "")
+            + ": each is trained once, then the search stops"
+        )
+    objectives = _check_objectives(args.objectives)
+    pruner = args.pruner
+    if len(objectives) > 1:
+        notes.append(f"--objectives {args.objectives}: Optuna does not prune multi-objective studies; pruning is off")
+        pruner = "none"
+    confirm_seeds, confirm_steps = _check_confirmation(args, budget, space.size())
     study_name = args.study_name or f"jepa-phase1-{args.env}-{task}" + ("-dry-run" if args.dry_run else "")
     if args.dry_run and args.study_name and not args.study_name.endswith("-dry-run"):
         raise UsageError(f"--study-name {args.study_name}: a dry run's study name must end in -dry-run")
@@ -379,7 +496,7 @@ def settings_from_args(args: argparse.Namespace) -> SearchSettings:
         study_name=study_name,
         space=space,
         sampler=args.sampler,
-        pruner=args.pruner,
+        pruner=pruner,
         grace_frac=args.grace_frac,
         seed0=args.seed0,
         dry_run=args.dry_run,
@@ -394,5 +511,11 @@ def settings_from_args(args: argparse.Namespace) -> SearchSettings:
         compile=args.compile,
         trials_per_device=args.trials_per_device,
         gpus=gpus,
+        objectives=objectives,
+        control=args.control,
+        confirm_top_k=args.confirm_top_k,
+        confirm_seeds=confirm_seeds,
+        confirm_steps=confirm_steps,
+        confirm_only=args.confirm_only,
         warnings=tuple(notes),
     )

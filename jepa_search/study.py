@@ -15,10 +15,17 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import create_engine
 
+from jepa_search.sampler import DistinctSampler
 from jepa_search.settings import SearchSettings, UsageError
+from jepa_search.space import CONTROL_ATTR, is_control
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 SETTINGS_ATTR = "settings"
+# The confirmation runs live in a study of their own beside the search's, which stores their budget
+CONFIRM_SUFFIX = "-confirm"
+CONFIRM_STEPS_ATTR = "confirm_steps"
+# A trial that ended before training because nothing was left to run: failed, never retried
+NOT_TRAINED_ATTR = "not_trained"
 
 
 def make_storage(settings: SearchSettings) -> RDBStorage:
@@ -37,10 +44,10 @@ def make_storage(settings: SearchSettings) -> RDBStorage:
 
 
 def _on_stale(settings: SearchSettings, study: optuna.Study, trial: FrozenTrial) -> None:
-    """A trial whose worker died: write its results.json (as failed), then queue it again."""
+    """A trial (or confirmation run) whose worker died: write its results.json (as failed), then queue it again."""
     from jepa_search.trial import record_stale, trial_dir_name
 
-    record_stale(settings.output_dir / trial_dir_name(trial.number), trial)
+    record_stale(settings.output_dir / trial.user_attrs.get("trial_dir", trial_dir_name(trial.number)), trial)
     retry_callback(settings)(study, trial)
 
 
@@ -54,13 +61,10 @@ def root_number(trial: FrozenTrial) -> int:
     return int(history[0]) if history else trial.number
 
 
-def make_sampler(settings: SearchSettings, n_existing: int) -> optuna.samplers.BaseSampler:
-    """Seeded from `seed0` and the number of trials already in the study, so that a resumed study draws new
-    configurations instead of replaying the first run's sequence."""
-    seed = settings.seed0 + n_existing
-    if settings.sampler == "tpe":
-        return optuna.samplers.TPESampler(seed=seed)
-    return optuna.samplers.RandomSampler(seed=seed)
+def make_sampler(settings: SearchSettings) -> DistinctSampler:
+    """Random or TPE proposals, seeded with `seed0` + the trial number, that skip the configurations tried already."""
+    base = optuna.samplers.TPESampler if settings.sampler == "tpe" else optuna.samplers.RandomSampler
+    return DistinctSampler(settings.space, lambda seed: base(seed=seed), settings.seed0)
 
 
 def make_pruner(name: str, grace_evaluations: int, n_evaluations: int) -> optuna.pruners.BasePruner:
@@ -83,12 +87,18 @@ def settings_differences(stored: dict[str, Any], current: dict[str, Any]) -> lis
 
 
 def check_resumable(settings: SearchSettings) -> None:
-    """If the study exists, its stored settings must match; raises `UsageError` naming the differences. Creates
-    nothing: a missing SQLite file is left missing."""
+    """If the study exists, its stored settings must match (and a confirmation's budget); `--confirm-only` needs it
+    to exist. Raises `UsageError` naming the differences. Creates nothing: a missing SQLite file is left missing."""
+    missing = UsageError(
+        f"--confirm-only: there is no study {settings.study_name} in {settings.as_dict()['storage']}; run the "
+        "search first (the same command without --confirm-only)"
+    )
     if settings.storage.startswith("sqlite"):
         from sqlalchemy.engine import make_url
 
         if not Path(make_url(settings.storage).database).exists():
+            if settings.confirm_only:
+                raise missing
             return
     masked = settings.as_dict()["storage"]
     try:
@@ -105,6 +115,8 @@ def check_resumable(settings: SearchSettings) -> None:
         cause = str(e).splitlines()[0][:200]
         raise UsageError(f"--storage {masked}: cannot open it ({type(e).__name__}: {cause})") from e
     if settings.study_name not in names:
+        if settings.confirm_only:
+            raise missing
         return
     study = optuna.load_study(study_name=settings.study_name, storage=storage)
     stored = study.user_attrs.get(SETTINGS_ATTR)
@@ -116,28 +128,75 @@ def check_resumable(settings: SearchSettings) -> None:
             f"study {settings.study_name} was started with other settings ({'; '.join(diffs)}); "
             "rerun with the stored values or use a new --study-name/--output-dir"
         )
+    confirm_name = confirm_study_name(settings.study_name)
+    if settings.confirm_top_k and confirm_name in names:
+        steps = optuna.load_study(study_name=confirm_name, storage=storage).user_attrs.get(CONFIRM_STEPS_ATTR)
+        if steps != settings.confirm_steps:
+            raise UsageError(
+                f"--confirm-steps {settings.confirm_steps}: the confirmation of {settings.study_name} trains {steps} "
+                f"steps per run; use --confirm-steps {steps} (runs of other budgets do not compare)"
+            )
 
 
 def open_study(settings: SearchSettings) -> optuna.Study:
-    """Create the study or load it (after `check_resumable`), with the sampler and pruner of `settings`."""
-    storage = make_storage(settings)
-    exists = settings.study_name in optuna.get_all_study_names(storage)
-    if exists:
-        n_existing = len(optuna.load_study(study_name=settings.study_name, storage=storage).get_trials(deepcopy=False))
-    else:
-        n_existing = 0
-    study = optuna.create_study(
-        study_name=settings.study_name,
-        storage=storage,
-        direction="maximize",
-        sampler=make_sampler(settings, n_existing),
-        pruner=make_pruner(settings.pruner, settings.grace_evaluations, settings.n_evaluations),
-        load_if_exists=True,
-    )
-    if not exists:
-        study.set_user_attr(SETTINGS_ATTR, settings.fingerprint())
+    """Create the study or load it (after `check_resumable`), with the sampler and pruner of `settings`.
+
+    Only the worker whose creation succeeds (the storage refuses a second study of the name) stores the settings and
+    queues the control, so the control is queued once however many workers start together or resume."""
+    kwargs: dict[str, Any] = {
+        "study_name": settings.study_name,
+        "storage": make_storage(settings),
+        "sampler": make_sampler(settings),
+        "pruner": make_pruner(settings.pruner, settings.grace_evaluations, settings.n_evaluations),
+    }
+    try:
+        study = optuna.create_study(directions=settings.directions, **kwargs)
+    except optuna.exceptions.DuplicatedStudyError:
+        return optuna.load_study(**kwargs)
+    study.set_user_attr(SETTINGS_ATTR, settings.fingerprint())
+    if settings.control:
+        study.enqueue_trial({}, user_attrs={CONTROL_ATTR: True})
     return study
+
+
+def confirm_study_name(study_name: str) -> str:
+    return study_name + CONFIRM_SUFFIX
+
+
+def open_confirm_study(settings: SearchSettings) -> optuna.Study:
+    """The study of the confirmation runs, in the search's storage: single-objective (the return), never pruned."""
+    kwargs: dict[str, Any] = {
+        "study_name": confirm_study_name(settings.study_name),
+        "storage": make_storage(settings),
+        "pruner": optuna.pruners.NopPruner(),
+    }
+    try:
+        study = optuna.create_study(direction="maximize", **kwargs)
+    except optuna.exceptions.DuplicatedStudyError:
+        return optuna.load_study(**kwargs)
+    study.set_user_attr(CONFIRM_STEPS_ATTR, settings.confirm_steps)
+    return study
+
+
+def load_confirm_study(study: optuna.Study) -> optuna.Study | None:
+    """The confirmation study of a search, if there is one; it shares the search's storage."""
+    storage = study._storage  # the search's own storage object: no second connection for the report
+    name = confirm_study_name(study.study_name)
+    if name not in optuna.get_all_study_names(storage):
+        return None
+    return optuna.load_study(study_name=name, storage=storage)
 
 
 def finished_count(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=FINISHED))
+
+
+def search_return(trial: FrozenTrial) -> float:
+    """A complete trial's first objective, the best smoothed evaluation return (in both kinds of study)."""
+    return trial.values[0]
+
+
+def ranked_complete(study: optuna.Study) -> list[FrozenTrial]:
+    """The complete JEPA trials (not the control), best return first."""
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return sorted((t for t in complete if not is_control(t)), key=lambda t: -search_return(t))

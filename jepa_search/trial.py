@@ -11,6 +11,7 @@ import csv
 import json
 import math
 import platform
+import resource
 import shutil
 import subprocess
 import time
@@ -27,7 +28,7 @@ from jepa_dreamer.dreamer_v3_jepa import TrainResult
 from jepa_dreamer.evaluate import EvalHook, EvalResult
 from jepa_dreamer.runner import TINY_MODEL_OVERRIDES, compose_config, output_overrides, run
 from jepa_search.settings import SearchSettings
-from jepa_search.space import to_overrides
+from jepa_search.space import configuration, to_overrides
 from jepa_search.tracking import WandbTrial
 
 Trainer = Callable[[DictConfig, EvalHook], TrainResult]
@@ -90,6 +91,12 @@ class TrialSpec:
     settings: dict[str, Any] = field(default_factory=dict)
     # The checkpoint of an earlier try of this configuration that this one continues from
     resume_from: str | None = None
+    # The run's budget in policy steps
+    steps: int = 0
+    # Report the smoothed returns to Optuna (not possible in a multi-objective study), and let the pruner stop the
+    # run (never the control, nor a confirmation run: both must train the whole budget)
+    report: bool = True
+    prunable: bool = True
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self), indent=2))
@@ -99,8 +106,11 @@ class TrialSpec:
         return cls(**json.loads(path.read_text()))
 
 
-def trial_overrides(settings: SearchSettings, params: dict[str, Any], seed: int, trial_dir: Path) -> list[str]:
-    """The SheepRL overrides of one trial: env and task, budget, evaluation, JEPA parameters, seed, outputs."""
+def trial_overrides(
+    settings: SearchSettings, params: dict[str, Any], seed: int, trial_dir: Path, steps: int | None = None
+) -> list[str]:
+    """The SheepRL overrides of one trial: env and task, budget (a trial's, or `steps`), evaluation, JEPA parameters,
+    seed, outputs."""
     overrides = [f"env={settings.env}"]
     if settings.env == "dmc":
         domain, _, task = settings.task.partition("_")
@@ -108,7 +118,7 @@ def trial_overrides(settings: SearchSettings, params: dict[str, Any], seed: int,
     else:
         overrides += [f"env.id={settings.task}"]
     overrides += [
-        f"algo.total_steps={settings.trial_steps}",
+        f"algo.total_steps={settings.trial_steps if steps is None else steps}",
         f"algo.eval.every={settings.eval_every}",
         f"algo.eval.episodes={settings.eval_episodes}",
         *to_overrides({**settings.space.fixed, **params}),
@@ -141,6 +151,16 @@ def _versions() -> dict[str, str]:
     return versions
 
 
+def _peak_memory_mib(device: str) -> float:
+    """Peak GPU memory allocated by torch since the run started (reset then); on a CPU, the process's peak resident
+    memory, which in-process covers every run this process made (a subprocess-isolated run measures its own)."""
+    import torch
+
+    if device == "cuda":
+        return round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
 def _device(accelerator: str) -> str:
     """Where the trial trains: `auto` is the GPU when there is one (what GPU-hours are counted from)."""
     import torch
@@ -149,7 +169,8 @@ def _device(accelerator: str) -> str:
 
 
 class PruningHook:
-    """After each evaluation: the history row, the smoothed return reported to Optuna, and the pruning decision."""
+    """After each evaluation: the history row, the smoothed returns stored with the trial (and reported to Optuna),
+    and the pruning decision."""
 
     def __init__(
         self,
@@ -173,6 +194,8 @@ class PruningHook:
 
     def _record(self, row: dict[str, Any]) -> None:
         self.history.append(row)
+        # The learning curve, in a form a multi-objective study (no intermediate values there) can store too
+        self.trial.set_user_attr("smoothed_returns", [r["smoothed_return"] for r in self.history])
         with self.path.open("a", newline="") as f:
             csv.writer(f).writerow([row[c] for c in HISTORY_COLUMNS])
         if self.tracker is not None:
@@ -182,7 +205,8 @@ class PruningHook:
         """The evaluations of the try this trial resumes: recorded and reported once each, as they were."""
         for row in rows:
             self._record(row)
-            self.trial.report(row["smoothed_return"], step=int(row["eval_index"]))
+            if self.spec.report:
+                self.trial.report(row["smoothed_return"], step=int(row["eval_index"]))
 
     def __call__(self, result: EvalResult) -> bool:
         value = smoothed([row["eval_return"] for row in self.history] + [result.mean])
@@ -201,12 +225,13 @@ class PruningHook:
         self._record(row)
         if not math.isfinite(value):
             raise FloatingPointError(f"non-finite evaluation return {result.mean} at step {result.policy_step}")
-        self.trial.report(value, step=result.index)
+        if self.spec.report:
+            self.trial.report(value, step=result.index)
         # Pruning saves nothing once the budget is spent: the final evaluation always completes the trial
         final = result.index >= self.spec.n_evaluations
-        if not final and result.index >= self.spec.grace_evaluations and self.trial.should_prune():
-            self.pruned = True
-        total = self.spec.settings.get("trial_steps", result.policy_step)
+        if self.spec.prunable and not final and result.index >= self.spec.grace_evaluations:
+            self.pruned = self.trial.should_prune()
+        total = self.spec.steps
         elapsed = time.perf_counter() - self.started
         left = elapsed / result.policy_step * max(0, total - result.policy_step)
         self.progress(
@@ -226,6 +251,7 @@ def _results(
     steps: int,
     action_repeat: int,
     device: str,
+    peak_memory_mib: float,
 ) -> dict[str, Any]:
     history = hook.history if hook else []
     best_smoothed = max((r["smoothed_return"] for r in history), default=None)
@@ -245,6 +271,7 @@ def _results(
         "wall_time_s": round(seconds, 2),
         "fail_reason": reason,
         "device": device,
+        "peak_memory_mib": peak_memory_mib,
         "resumed_from": spec.resume_from,
         "overrides": spec.overrides,
         "settings": spec.settings,
@@ -257,12 +284,10 @@ def checkpoint_step(path: Path) -> int:
     return int(path.stem.split("_")[1])
 
 
-def latest_checkpoint(output_dir: Path, numbers: list[int]) -> Path | None:
-    """The newest checkpoint among the folders of earlier tries (`numbers`, oldest first) of a configuration."""
-    for number in reversed(numbers):
-        found = sorted(
-            (output_dir / trial_dir_name(number)).glob("run/version_*/checkpoint/ckpt_*_0.ckpt"), key=checkpoint_step
-        )
+def latest_checkpoint(folders: list[Path]) -> Path | None:
+    """The newest checkpoint among the folders of earlier tries (oldest first) of a configuration."""
+    for folder in reversed(folders):
+        found = sorted(folder.glob("run/version_*/checkpoint/ckpt_*_0.ckpt"), key=checkpoint_step)
         if found:
             return found[-1]
     return None
@@ -283,7 +308,7 @@ def record_stale(folder: Path, trial: optuna.trial.FrozenTrial) -> None:
     rows = list(csv.DictReader(history.open(newline=""))) if history.exists() else []
     results = {
         "number": trial.number,
-        "params": trial.params,
+        "params": configuration(trial),
         "seed": trial.user_attrs.get("seed"),
         "state": "FAIL",
         "objective": None,
@@ -325,6 +350,10 @@ def run_trial(
             cfg = compose_config(spec.overrides, exp=spec.exp)
             action_repeat = int(cfg.env.action_repeat)
             device = _device(cfg.fabric.accelerator)
+            if device == "cuda":
+                import torch
+
+                torch.cuda.reset_peak_memory_stats()
             if spec.settings.get("wandb_project"):
                 tracker = WandbTrial(spec.settings["wandb_project"], spec)
             hook = PruningHook(trial, spec, action_repeat, progress, tracker)
@@ -341,7 +370,9 @@ def run_trial(
         finally:
             if hook is not None and steps == 0 and hook.history:
                 steps = hook.history[-1]["step"]
-            results = _results(spec, hook, state, time.perf_counter() - started, reason, steps, action_repeat, device)
+            seconds = time.perf_counter() - started
+            peak = _peak_memory_mib(device)
+            results = _results(spec, hook, state, seconds, reason, steps, action_repeat, device, peak)
             (folder / "results.json").write_text(json.dumps(results, indent=2))
             if tracker is not None:
                 tracker.finish(results)

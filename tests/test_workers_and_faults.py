@@ -18,6 +18,7 @@ from optuna.trial import TrialState
 from jepa_search.cli import run_search
 from jepa_search.objective import Objective
 from jepa_search.settings import build_parser, settings_from_args
+from jepa_search.space import is_control
 from jepa_search.study import open_study
 from tests.helpers import scripted_trainer
 
@@ -80,6 +81,23 @@ def test_four_workers_share_one_sqlite_study(tmp_path):
     study = open_study(settings)
     outputs = _run_workers(argv)
     _check_shared_study(study, out, 10, outputs)
+
+
+def test_four_workers_together_train_every_configuration_once_and_one_control(tmp_path):
+    out = tmp_path / "distinct"
+    space = tmp_path / "space.yaml"
+    space.write_text("variable:\n  jepa_coef: [0.3, 1.0, 3.0]\n  jepa_ema: [0.992, 0.999]\n")
+    # More trials than the control and the 6 configurations: the workers must stop once each is trained
+    argv = _args(out, "--n-trials", "9", "--search-space", str(space), "--pruner", "none", "--fidelity-frac", "0.1")
+    outputs = _run_workers(argv)
+    study = optuna.load_study(study_name="jepa-phase1-dmc-walker_walk", storage=f"sqlite:///{out}/study.db")
+    trained = [t for t in study.trials if not t.user_attrs.get("not_trained")]
+    assert [t.state for t in trained] == [TrialState.COMPLETE] * 7
+    assert sum(is_control(t) for t in trained) == 1
+    configs = [tuple(t.params.values()) for t in trained if not is_control(t)]
+    assert len(configs) == len(set(configs)) == 6
+    started = [line for o in outputs for line in o.splitlines() if " started: " in line]
+    assert len(started) == 7 and sum(1 for o in outputs if " started: " in o) >= 2
 
 
 def _free_port() -> int:
@@ -176,8 +194,9 @@ def test_a_fault_fails_the_trial_is_retried_then_left_failed_and_the_study_goes_
     assert run_search(study, settings, Objective(settings, print, trainer=faulty)) == 0
     failed = [t for t in study.trials if t.state == TrialState.FAIL]
     assert failed and all(t.params["jepa_coef"] == 0.3 for t in failed)
+    # The control and the other configuration; the failed one is not sampled again (no duplicates)
     finished = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
-    assert len(finished) == 3 and all(t.params["jepa_coef"] == 3.0 for t in finished)
+    assert len(finished) == 2 and [t.params for t in finished if not is_control(t)] == [{"jepa_coef": 3.0}]
     reason = f"{type(fault).__name__}: {fault}"
     for t in failed:
         results = json.loads((settings.output_dir / f"trial_{t.number}" / "results.json").read_text())
