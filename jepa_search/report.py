@@ -8,9 +8,13 @@ workers still run.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 import shlex
+from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -476,22 +480,37 @@ def _summary(
     return "\n".join(lines)
 
 
+@contextlib.contextmanager
+def _replacing(path: Path) -> Iterator[Path]:
+    """A temporary path to write, moved onto `path` at the end: workers rewriting the artifacts at the same moment
+    leave whole files, never interleaved ones."""
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def write_report(study: optuna.Study, output_dir: Path) -> None:
     """Rewrite every study-level artifact in `output_dir` from `study` and its confirmation study."""
     # A study made before --objectives and the control existed had one objective and no control
     settings = {"objectives": ["return"], "control": False, **study.user_attrs[SETTINGS_ATTR]}
     output_dir.mkdir(parents=True, exist_ok=True)
     df = trial_rows(study)
-    df.to_csv(output_dir / "results.csv", index=False)
+    with _replacing(output_dir / "results.csv") as tmp:
+        df.to_csv(tmp, index=False)
     confirm = load_confirm_study(study)
     rows = confirmation_rows(confirm) if confirm is not None else []
     if rows:
-        pd.DataFrame(rows).to_csv(output_dir / "confirm.csv", index=False)
+        with _replacing(output_dir / "confirm.csv") as tmp:
+            pd.DataFrame(rows).to_csv(tmp, index=False)
     confirmed = aggregate(rows)
     top = topk(study, settings, [g for g in confirmed if g["configuration"] != CONTROL_LABEL])
-    (output_dir / "topk.json").write_text(json.dumps(top, indent=2))
+    with _replacing(output_dir / "topk.json") as tmp:
+        tmp.write_text(json.dumps(top, indent=2))
     if top:
-        with (output_dir / "best_config.yaml").open("w") as f:
+        with _replacing(output_dir / "best_config.yaml") as tmp, tmp.open("w") as f:
             f.write(
                 f"# Phase 2 of {study.study_name}: trial {top[0]['number']}, ranked by the {top[0]['ranked_by']}.\n"
                 f"# Run: sheeprl --config-path {output_dir.resolve()} --config-name best_config\n"
@@ -499,11 +518,17 @@ def write_report(study: optuna.Study, output_dir: Path) -> None:
             yaml.safe_dump(best_config(settings, top[0]["params"]), f, sort_keys=False)
     plots = output_dir / "plots"
     plots.mkdir(exist_ok=True)
-    _plot_curves(study, settings, plots / "learning_curves.png")
-    _plot_history(study, plots / "optimization_history.png")
-    _plot_params(study, settings, plots / "param_effects.png")
+    figures = {
+        "learning_curves.png": partial(_plot_curves, study, settings),
+        "optimization_history.png": partial(_plot_history, study),
+        "param_effects.png": partial(_plot_params, study, settings),
+    }
     if len(settings["objectives"]) > 1:
-        _plot_pareto(study, settings, plots / "pareto_front.png")
+        figures["pareto_front.png"] = partial(_plot_pareto, study, settings)
+    for name, plot in figures.items():
+        with _replacing(plots / name) as tmp:
+            plot(tmp)
     steps = confirm.user_attrs.get(CONFIRM_STEPS_ATTR) if confirm is not None else None
     summary = _summary(study, settings, df, top, output_dir, (rows, confirmed, steps))
-    (output_dir / "SUMMARY.md").write_text(summary)
+    with _replacing(output_dir / "SUMMARY.md") as tmp:
+        tmp.write_text(summary)

@@ -108,3 +108,4 @@ def test_two_trials_at_once_on_the_cpu_share_the_study(tmp_path, capfd):
     for t in trials:
         assert json.loads((out / f"trial_{t.number}" / "results.json").read_text())["state"] == "COMPLETE"
     assert (out / "SUMMARY.md").exists() and (out / "results.csv").exists()
+    assert not list(out.rglob(".*.tmp*"))  # both workers rewrote the artifacts through temporary files
