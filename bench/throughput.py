@@ -324,9 +324,15 @@ def _synthetic_batch(cfg: Any, action_dim: int, device: Any) -> dict[str, Any]:
     return {k: v.to(device) for k, v in batch.items()}
 
 
+def _threads(args: argparse.Namespace, k: int) -> int:
+    """Torch threads per process: the cores shared among the K processes unless given (more threads than cores
+    make OpenMP's spinning threads fight over them)."""
+    return args.threads or max(1, min(2, (os.cpu_count() or 1) // k))
+
+
 def _worker_command(args: argparse.Namespace, variant: str, seed: int, k: int, barrier: Path, out: Path) -> list[str]:
     command = [sys.executable, __file__, "--worker", variant, "--seed", str(seed), "--k", str(k)]
-    command += ["--warmup", str(args.warmup), "--window", str(args.window), "--threads", str(args.threads)]
+    command += ["--warmup", str(args.warmup), "--window", str(args.window), "--threads", str(_threads(args, k))]
     command += ["--accelerator", args.accelerator, "--barrier", str(barrier), "--result", str(out)]
     command += ["--log-root", str(args.scratch / "runs")] + (["--tiny"] if args.tiny else [])
     return command
@@ -337,7 +343,7 @@ def launch(args: argparse.Namespace, variant: str, k: int, deadline: float, eval
     tag = f"{variant}_k{k}"
     barrier = args.scratch / tag
     barrier.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": str(_threads(args, k)), "PYTHONUNBUFFERED": "1"}
     procs = []
     for i in range(k):
         out, log = barrier / f"result_{i}.json", barrier / f"worker_{i}.log"
@@ -427,7 +433,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--evaluate", help="the variant whose K=1 run times an evaluation (jepa_compiled; tiny: jepa)")
     parser.add_argument("--warmup", type=int, default=None, help="gradient steps before the window (GPU 30, tiny 5)")
     parser.add_argument("--window", type=float, default=None, help="seconds of the window (GPU 40, tiny 8)")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads per process")
+    parser.add_argument("--threads", type=int, help="torch threads per process (default: the cores / K, at most 2)")
     parser.add_argument("--accelerator", choices=("cuda", "cpu"), default=None, help="default: cuda if available")
     parser.add_argument("--budget", type=float, default=3600, help="seconds for all runs; later ones are skipped")
     parser.add_argument("--eval-every", type=int, default=10000, help="for the evaluation share column")

@@ -34,12 +34,16 @@ def worker_commands(argv: Sequence[str], settings: SearchSettings) -> list[tuple
     """The command and environment of every worker: this command with one trial at a time and one GPU each."""
     parent_visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     physical = parent_visible.split(",") if parent_visible else None
+    # The cores shared among the workers: more torch threads than cores make OpenMP's spinning threads fight over
+    # them (two CPU trials with two threads each on two cores ran 8x slower than one, bench/throughput.py)
+    share = max(1, (os.cpu_count() or 1) // settings.n_workers)
+    threads = str(min(share, int(os.environ.get("OMP_NUM_THREADS") or share)))
     commands = []
     for _ in range(settings.trials_per_device):
         for gpu in settings.gpus or (None,):
             name = f"w{len(commands)}" + (f"/gpu{gpu}" if gpu is not None else "")
             command = [sys.executable, str(SCRIPT), *argv, "--trials-per-device", "1"]
-            env = {**os.environ, WORKER_ENV: name}
+            env = {**os.environ, WORKER_ENV: name, "OMP_NUM_THREADS": threads}
             if gpu is not None:
                 command += ["--gpus", "0"]
                 env["CUDA_VISIBLE_DEVICES"] = physical[gpu] if physical else str(gpu)

@@ -82,7 +82,10 @@ def test_bad_parallel_flags_are_one_line(tmp_path, capsys, extra, message):
 def test_workers_are_spread_over_the_gpus_named(tmp_path, monkeypatch):
     s = dataclasses.replace(_settings(tmp_path), gpus=(0, 1), trials_per_device=2)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,6")
+    monkeypatch.setenv("OMP_NUM_THREADS", "16")
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
     commands = worker_commands(["--env", "dmc"], s)
+    assert {env["OMP_NUM_THREADS"] for _, env in commands} == {"2"}  # 8 cores shared by 4 workers
     assert s.n_workers == 4 and len(commands) == 4
     assert [env["CUDA_VISIBLE_DEVICES"] for _, env in commands] == ["4", "6", "4", "6"]
     assert [env[WORKER_ENV] for _, env in commands] == ["w0/gpu0", "w1/gpu1", "w2/gpu0", "w3/gpu1"]
