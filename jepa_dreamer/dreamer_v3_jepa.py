@@ -22,6 +22,7 @@ from sheeprl.algos.dreamer_v2.utils import env_buffer_size, sample_batches
 from sheeprl.algos.dreamer_v3.utils import prepare_obs
 from sheeprl.data.buffers import EnvIndependentReplayBuffer, SequentialReplayBuffer
 from sheeprl.utils import fs
+from sheeprl.utils.compile import compile_enabled
 from sheeprl.utils.env import get_episode_stats, make_env
 from sheeprl.utils.logger import get_log_dir, get_logger
 from sheeprl.utils.metric import MetricAggregator
@@ -241,8 +242,10 @@ def train(fabric: Fabric, cfg: dict[str, Any], hook: EvalHook | None = None) -> 
                     gradient_steps += pretrain_steps
                 try:
                     for batch in sample_batches(fabric, cfg, rb, gradient_steps):
-                        # The ratio costs two backward passes: only when it is logged
+                        # The ratio costs two backward passes: only when it is logged, and by the plain step (a
+                        # compiled one replays its backward graph once per forward)
                         ratio_due = measure_ratio and learner.heads is not None and aggregator is not None
+                        ratio_due = ratio_due and not compile_enabled(fabric, cfg)
                         learner.train_step(batch, aggregator, measure_ratio=ratio_due)
                         measure_ratio = False
                 except RuntimeError:
