@@ -217,7 +217,8 @@ def _plot_params(study: optuna.Study, settings: dict[str, Any], path: Path) -> N
                 ax.scatter(*zip(*points, strict=True), marker=marker, label=state.name.lower())
         ax.set_xticks(range(len(values)), [str(v) for v in values])
         ax.set(xlabel=name, ylabel="smoothed return")
-        ax.legend(fontsize=7)
+        if ax.collections:  # the control alone has no parameters to plot
+            ax.legend(fontsize=7)
     fig.suptitle("Effect of each parameter (pruned: best reported value)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
