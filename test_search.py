@@ -30,7 +30,7 @@ from jepa_search.cli import main, run_search  # noqa: E402
 from jepa_search.objective import Objective  # noqa: E402
 from jepa_search.report import write_report  # noqa: E402
 from jepa_search.sampler import SpaceExhausted  # noqa: E402
-from jepa_search.settings import build_parser, mask_password, settings_from_args  # noqa: E402
+from jepa_search.settings import mask_password  # noqa: E402
 from jepa_search.space import DEFAULT_SPACE_FILE, configuration, is_control, load_space, to_overrides  # noqa: E402
 from jepa_search.stats import probability_of_improvement  # noqa: E402
 from jepa_search.study import (  # noqa: E402
@@ -41,30 +41,9 @@ from jepa_search.study import (  # noqa: E402
     open_study,
 )
 from jepa_search.trial import HISTORY_COLUMNS, smoothed, trial_overrides  # noqa: E402
-from tests.helpers import scripted_trainer  # noqa: E402
+from tests.helpers import SMALL, base_args, scripted_trainer, settings_for  # noqa: E402
 
 REPO = Path(__file__).resolve().parent
-
-
-def base_args(tmp_path: Path, *extra: str) -> list[str]:
-    """A valid command line: 20000 full steps at fidelity 0.1 (2000-step trials), evaluations every 500 steps."""
-    return [
-        "--env",
-        "dmc",
-        "--full-steps",
-        "20000",
-        "--fidelity-frac",
-        "0.1",
-        "--eval-every",
-        "500",
-        "--output-dir",
-        str(tmp_path / "out"),
-        *extra,
-    ]
-
-
-def settings_for(tmp_path: Path, *extra: str):
-    return settings_from_args(build_parser().parse_args(base_args(tmp_path, *extra)))
 
 
 # --- configuration ----------------------------------------------------------------------------------------------
@@ -347,22 +326,6 @@ def test_several_objectives_make_an_unpruned_multi_objective_study_with_a_pareto
 
 
 # --- real runs ------------------------------------------------------------------------------------------------------
-
-SMALL = [
-    "--env",
-    "dmc",
-    "--full-steps",
-    "2560",
-    "--fidelity-frac",
-    "0.2",
-    "--eval-every",
-    "256",
-    "--eval-episodes",
-    "2",
-    "--dry-run",
-    "--seed0",
-    "3",
-]
 
 
 @pytest.fixture(scope="module")

@@ -228,6 +228,9 @@ def train(fabric: Fabric, cfg: dict[str, Any], hook: EvalHook | None = None) -> 
         result.evaluations = [EvalResult.from_dict(d) for d in state.get("evaluations", [])]
         eval_every = int(cfg.algo.eval.every)
         measure_ratio = True
+        # The encoder-gradient ratio costs two backward passes: only when it is logged, and by the plain step (a
+        # compiled one replays its backward graph once per forward)
+        ratio_logged = learner.heads is not None and aggregator is not None and not compile_enabled(fabric, cfg)
 
         env_loop.reset()
         player.init_states()
@@ -242,11 +245,7 @@ def train(fabric: Fabric, cfg: dict[str, Any], hook: EvalHook | None = None) -> 
                     gradient_steps += pretrain_steps
                 try:
                     for batch in sample_batches(fabric, cfg, rb, gradient_steps):
-                        # The ratio costs two backward passes: only when it is logged, and by the plain step (a
-                        # compiled one replays its backward graph once per forward)
-                        ratio_due = measure_ratio and learner.heads is not None and aggregator is not None
-                        ratio_due = ratio_due and not compile_enabled(fabric, cfg)
-                        learner.train_step(batch, aggregator, measure_ratio=ratio_due)
+                        learner.train_step(batch, aggregator, measure_ratio=measure_ratio and ratio_logged)
                         measure_ratio = False
                 except RuntimeError:
                     # NaN weights usually break a sampling op before the check below: name the cause

@@ -13,6 +13,7 @@ from wandb.proto import wandb_internal_pb2 as pb
 from jepa_dreamer.dreamer_v3_jepa import TrainResult
 from jepa_dreamer.evaluate import EvalResult
 from jepa_dreamer.runner import TINY_MODEL_OVERRIDES, compose_config
+from jepa_search.settings import SearchSettings, build_parser, settings_from_args
 
 # A tiny DMC walker run on the CPU: 2 envs, episodes of 100 policy steps, small buffer, no videos
 TINY_RUN = (
@@ -27,6 +28,45 @@ TINY_RUN = (
     "buffer.size=4096",
     "metric.log_every=64",
 )
+
+
+def base_args(tmp_path: Path, *extra: str) -> list[str]:
+    """A valid command line: 20000 full steps at fidelity 0.1 (2000-step trials), evaluations every 500 steps."""
+    return [
+        "--env",
+        "dmc",
+        "--full-steps",
+        "20000",
+        "--fidelity-frac",
+        "0.1",
+        "--eval-every",
+        "500",
+        "--output-dir",
+        str(tmp_path / "out"),
+        *extra,
+    ]
+
+
+def settings_for(tmp_path: Path, *extra: str) -> SearchSettings:
+    return settings_from_args(build_parser().parse_args(base_args(tmp_path, *extra)))
+
+
+# A real small dry-run search: 512-step trials of the tiny model, 2 evaluations of 2 episodes each
+SMALL = [
+    "--env",
+    "dmc",
+    "--full-steps",
+    "2560",
+    "--fidelity-frac",
+    "0.2",
+    "--eval-every",
+    "256",
+    "--eval-episodes",
+    "2",
+    "--dry-run",
+    "--seed0",
+    "3",
+]
 
 # DMC walker from 64x64 pixels, without creating the environment
 OBS_SPACE = gym.spaces.Dict({"rgb": gym.spaces.Box(0, 255, (3, 64, 64), np.uint8)})

@@ -12,16 +12,11 @@ import optuna
 import pytest
 
 from jepa_search.cli import main
-from jepa_search.settings import build_parser, settings_from_args
 from jepa_search.trial import trial_overrides
 from jepa_search.workers import WORKER_ENV, worker_commands
+from tests.helpers import SMALL, base_args, settings_for
 
 REPO = Path(__file__).resolve().parents[1]
-BASE = ["--env", "dmc", "--full-steps", "20000", "--fidelity-frac", "0.1", "--eval-every", "500"]
-
-
-def _settings(tmp_path: Path, *extra: str):
-    return settings_from_args(build_parser().parse_args([*BASE, "--output-dir", str(tmp_path / "out"), *extra]))
 
 
 def test_benchmark_runs_on_the_cpu_and_prints_ratios_against_sheeprl(tmp_path):
@@ -54,12 +49,12 @@ def test_benchmark_runs_on_the_cpu_and_prints_ratios_against_sheeprl(tmp_path):
 
 
 def test_compiled_step_is_on_by_default_only_on_a_gpu(tmp_path):
-    s = _settings(tmp_path, "--device", "cpu")
+    s = settings_for(tmp_path, "--device", "cpu")
     assert not s.compiles and s.gpus == () and s.n_workers == 1
     assert "algo.compile.enabled=False" in trial_overrides(s, {}, 0, tmp_path)
     on_gpu = dataclasses.replace(s, device="auto", gpus=(0,))
     assert on_gpu.compiles and "algo.compile.enabled=True" in trial_overrides(on_gpu, {}, 0, tmp_path)
-    assert _settings(tmp_path, "--compile", "on").compiles
+    assert settings_for(tmp_path, "--compile", "on").compiles
     assert not dataclasses.replace(on_gpu, compile="off").compiles
 
 
@@ -73,14 +68,14 @@ def test_compiled_step_is_on_by_default_only_on_a_gpu(tmp_path):
     ],
 )
 def test_bad_parallel_flags_are_one_line(tmp_path, capsys, extra, message):
-    assert main([*BASE, "--output-dir", str(tmp_path / "out"), *extra]) == 2
+    assert main(base_args(tmp_path, *extra)) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1, err
     assert not (tmp_path / "out").exists()
 
 
 def test_workers_are_spread_over_the_gpus_named(tmp_path, monkeypatch):
-    s = dataclasses.replace(_settings(tmp_path), gpus=(0, 1), trials_per_device=2)
+    s = dataclasses.replace(settings_for(tmp_path), gpus=(0, 1), trials_per_device=2)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,6")
     monkeypatch.setenv("OMP_NUM_THREADS", "16")
     monkeypatch.setattr(os, "cpu_count", lambda: 8)
@@ -95,11 +90,7 @@ def test_workers_are_spread_over_the_gpus_named(tmp_path, monkeypatch):
 
 def test_two_trials_at_once_on_the_cpu_share_the_study(tmp_path, capfd):
     out = tmp_path / "par"
-    argv = [
-        "--env", "dmc", "--full-steps", "2560", "--fidelity-frac", "0.2", "--eval-every", "256",
-        "--eval-episodes", "2", "--dry-run", "--pruner", "none", "--n-trials", "2",
-        "--trials-per-device", "2", "--output-dir", str(out),
-    ]  # fmt: skip
+    argv = [*SMALL, "--pruner", "none", "--n-trials", "2", "--trials-per-device", "2", "--output-dir", str(out)]
     assert main(argv) == 0
     printed = capfd.readouterr().out
     assert "w0]" in printed and "w1]" in printed
