@@ -8,7 +8,7 @@ mkdir -p "$out"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
 nvidia-smi dmon -s u -d 5 -o T > "$out/sm_use.txt" 2>&1 &
 dmon=$!
-python3 bench/throughput.py --out "$out/throughput_gpu.md" --scratch /tmp/throughput_runs --budget "${BUDGET:-470}" \
+python3 bench/throughput.py --out "$out/throughput_gpu.md" --scratch /tmp/throughput_runs --budget "${BUDGET:-540}" \
   --window "${WINDOW:-20}" --warmup 8
 kill $dmon
 tar czf "$out/worker_logs.tgz" -C /tmp/throughput_runs --exclude runs .
