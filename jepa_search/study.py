@@ -7,6 +7,8 @@ machines, with a PostgreSQL URL) can share, and that a new run of the same comma
 from __future__ import annotations
 
 import functools
+import itertools
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,7 @@ import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import create_engine
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from jepa_search.sampler import DistinctSampler
 from jepa_search.settings import SearchSettings, UsageError
@@ -34,13 +37,21 @@ def make_storage(settings: SearchSettings) -> RDBStorage:
     sqlite = settings.storage.startswith("sqlite")
     # SQLite: wait for the write lock instead of failing with "database is locked" when several workers share it
     engine_kwargs: dict[str, Any] = {"connect_args": {"timeout": 60}} if sqlite else {"pool_pre_ping": True}
-    return RDBStorage(
-        settings.storage,
-        engine_kwargs=engine_kwargs,
-        heartbeat_interval=settings.heartbeat_interval,
-        grace_period=2 * settings.heartbeat_interval,
-        heartbeat_stale_trial_callback=functools.partial(_on_stale, settings),
-    )
+    for attempt in itertools.count(1):
+        try:
+            return RDBStorage(
+                settings.storage,
+                engine_kwargs=engine_kwargs,
+                heartbeat_interval=settings.heartbeat_interval,
+                grace_period=2 * settings.heartbeat_interval,
+                heartbeat_stale_trial_callback=functools.partial(_on_stale, settings),
+            )
+        except SQLAlchemyError as e:
+            # Workers started together on a new database race to create its tables ("table ... already exists") and
+            # to stamp its schema version (a unique row): the losers find both made at their next try
+            if attempt == 3 or not (isinstance(e, IntegrityError) or "already exists" in str(e)):
+                raise
+            time.sleep(0.5)
 
 
 def _on_stale(settings: SearchSettings, study: optuna.Study, trial: FrozenTrial) -> None:

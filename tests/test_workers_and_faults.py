@@ -2,6 +2,7 @@
 trials. The trials use the scripted trainer (tests/helpers.py): these tests are about the search, not training."""
 
 import json
+import multiprocessing
 import os
 import shutil
 import socket
@@ -19,7 +20,7 @@ from jepa_search.cli import run_search
 from jepa_search.objective import Objective
 from jepa_search.settings import build_parser, settings_from_args
 from jepa_search.space import is_control
-from jepa_search.study import open_study
+from jepa_search.study import make_storage, open_study
 from tests.helpers import scripted_trainer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -71,6 +72,27 @@ def _check_shared_study(study: optuna.Study, out: Path, n_trials: int, outputs: 
     assert len(started) == len(trials)  # no trial ran twice
     assert sum(1 for o in outputs if " started: " in o) >= 2  # the work was really shared
     assert not any("database is locked" in o for o in outputs)
+
+
+def _make_storage_at_once(settings, barrier) -> None:
+    barrier.wait()
+    make_storage(settings)
+
+
+def test_workers_started_at_the_same_moment_on_a_new_database_all_open_it(tmp_path):
+    # Each creating the tables of the same new SQLite file: all but one find them half made by another
+    ctx = multiprocessing.get_context("fork")
+    for round_ in range(4):
+        argv = _args(tmp_path / f"race{round_}", "--n-trials", "2")
+        (tmp_path / f"race{round_}").mkdir()
+        settings = settings_from_args(build_parser().parse_args(argv))
+        barrier = ctx.Barrier(8)
+        procs = [ctx.Process(target=_make_storage_at_once, args=(settings, barrier)) for _ in range(8)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(timeout=120)
+        assert [p.exitcode for p in procs] == [0] * 8, f"round {round_}"
 
 
 def test_four_workers_share_one_sqlite_study(tmp_path):
