@@ -22,7 +22,7 @@ import platform
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +95,7 @@ class Meter:
     train_env: Any = None
     count_ops: bool = False
     counter: Any = None
+    started: float = field(default_factory=time.perf_counter)
 
     def around_grad_step(self) -> Any:
         """Counts the operators of one warmed-up step before the window (plain steps only: a compiled step's kernels
@@ -116,6 +117,8 @@ class Meter:
         if self.first_grad_at is None:
             self.first_grad_at = now
         if self.window_at is None:
+            # In the worker's log: where a run that never reaches its window (e.g. still compiling) spent its time
+            print(f"gradient step {self.grad_steps}: {now - self.started:.1f} s after start", flush=True)
             if self.grad_steps >= self.warmup:
                 self._wait_for_the_others()
                 self.window_at = time.perf_counter()
@@ -202,9 +205,8 @@ def run_worker(args: argparse.Namespace) -> dict[str, Any]:
     from jepa_dreamer.learner import Learner
     from jepa_dreamer.runner import compose_config, run
 
-    started = time.perf_counter()
-    torch.set_num_threads(args.threads)
     meter = Meter(args.warmup, args.window, Path(args.barrier) if args.barrier else None, args.k, args.seed)
+    torch.set_num_threads(args.threads)
     for cls in (gym.vector.SyncVectorEnv, gym.vector.AsyncVectorEnv):
         _wrap(cls, "step", before=lambda env, *a, **kw: meter.on_env_step(env))
     for owner, name in ((Learner, "train_step"), (sheeprl_dv3, "train")):
@@ -234,7 +236,7 @@ def run_worker(args: argparse.Namespace) -> dict[str, Any]:
         "variant": args.worker,
         "k": args.k,
         "seed": args.seed,
-        "startup_s": meter.first_grad_at - started,
+        "startup_s": meter.first_grad_at - meter.started,
         "warmup_s": meter.window_at - meter.first_grad_at - meter.barrier_wait,
         "window_s": window,
         "grad_steps_per_s": meter.window_grad_steps / window,

@@ -74,7 +74,7 @@ class SearchSettings:
     heartbeat_interval: int = 60
     max_retries: int = 2
     checkpoint_every: int = 0
-    compile: str = "auto"
+    compile: bool = False
     trials_per_device: int = 1
     gpus: tuple[int, ...] = ()
     objectives: tuple[str, ...] = ("return",)
@@ -89,14 +89,6 @@ class SearchSettings:
     def trial_steps(self) -> int:
         """Each trial's budget in policy steps (SheepRL's `algo.total_steps` unit)."""
         return round(self.fidelity_frac * self.full_steps)
-
-    @property
-    def compiles(self) -> bool:
-        """Whether trials train with the compiled step (`algo.compile`): by default on a GPU only, where it pays for
-        its minutes of compilation (docs/PERFORMANCE.md); on a CPU compiling costs more than it saves."""
-        if self.compile != "auto":
-            return self.compile == "on"
-        return self.device == "cuda" or (self.device == "auto" and bool(self.gpus))
 
     @property
     def n_workers(self) -> int:
@@ -229,9 +221,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--compile",
-        choices=["auto", "on", "off"],
-        default="auto",
-        help="compiled training step with CUDA graphs (algo.compile); auto: on when trials train on a GPU",
+        choices=["on", "off"],
+        default="off",
+        help="compiled training step with CUDA graphs (algo.compile); experimental: compiling took over 6 minutes "
+        "per trial process on an H200 machine and its speed is not measured yet (docs/PERFORMANCE.md)",
     )
     p.add_argument(
         "--trials-per-device",
@@ -508,7 +501,7 @@ def settings_from_args(args: argparse.Namespace) -> SearchSettings:
         heartbeat_interval=args.heartbeat_interval,
         max_retries=args.max_retries,
         checkpoint_every=args.eval_every if args.checkpoint_every is None else args.checkpoint_every,
-        compile=args.compile,
+        compile=args.compile == "on",
         trials_per_device=args.trials_per_device,
         gpus=gpus,
         objectives=objectives,

@@ -124,7 +124,7 @@ def trial_overrides(
         *to_overrides({**settings.space.fixed, **params}),
         f"seed={seed}",
         f"fabric.accelerator={settings.device}",
-        f"algo.compile.enabled={settings.compiles}",
+        f"algo.compile.enabled={settings.compile}",
         "env.capture_video=False",
         "checkpoint.save_last=False",
         f"checkpoint.every={settings.checkpoint_every}",

@@ -48,14 +48,13 @@ def test_benchmark_runs_on_the_cpu_and_prints_ratios_against_sheeprl(tmp_path):
     assert ratio == pytest.approx(total / runs["jepa_k1"][0]["policy_steps_per_s"], abs=0.01)
 
 
-def test_compiled_step_is_on_by_default_only_on_a_gpu(tmp_path):
-    s = settings_for(tmp_path, "--device", "cpu")
-    assert not s.compiles and s.gpus == () and s.n_workers == 1
+def test_compiled_step_is_off_unless_asked_for(tmp_path):
+    # Off on a GPU too: there its compilation took over 6 minutes, for a speed not measured yet (PERFORMANCE.md)
+    s = settings_for(tmp_path)
+    assert not s.compile and s.gpus == () and s.n_workers == 1
     assert "algo.compile.enabled=False" in trial_overrides(s, {}, 0, tmp_path)
-    on_gpu = dataclasses.replace(s, device="auto", gpus=(0,))
-    assert on_gpu.compiles and "algo.compile.enabled=True" in trial_overrides(on_gpu, {}, 0, tmp_path)
-    assert settings_for(tmp_path, "--compile", "on").compiles
-    assert not dataclasses.replace(on_gpu, compile="off").compiles
+    on = settings_for(tmp_path, "--compile", "on")
+    assert on.compile and "algo.compile.enabled=True" in trial_overrides(on, {}, 0, tmp_path)
 
 
 @pytest.mark.parametrize(
