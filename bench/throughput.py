@@ -36,10 +36,15 @@ VARIANTS: dict[str, tuple[str, tuple[str, ...], str]] = {
     "sheeprl": ("dreamer_v3_dmc_walker_walk", (), "SheepRL's own dreamer_v3 loop (the baseline)"),
     "jepa0": ("dreamer_v3_jepa", ("algo.jepa_coef=0",), "ours, jepa_coef 0 (plain DreamerV3)"),
     "jepa": ("dreamer_v3_jepa", ("algo.jepa_coef=1",), "ours, JEPA on"),
+    "jepa_steps": (
+        "dreamer_v3_jepa",
+        ("algo.jepa_coef=1", "algo.compile_steps=True"),
+        "ours, JEPA on, the recurrent steps compiled (algo.compile_steps, our route)",
+    ),
     "jepa_compiled": (
         "dreamer_v3_jepa",
         ("algo.jepa_coef=1", "algo.compile.enabled=True"),
-        "ours, JEPA on, compiled with CUDA graphs (algo.compile)",
+        "ours, JEPA on, the losses compiled with CUDA graphs (SheepRL's algo.compile)",
     ),
     "sheeprl_compiled": (
         "dreamer_v3_dmc_walker_walk",
@@ -250,9 +255,14 @@ def run_worker(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+# The compiled routes the numerics run compares with the plain step: ours, and SheepRL's
+COMPILED_ROUTES = {"steps": "algo.compile_steps=True", "losses": "algo.compile.enabled=True"}
+
+
 def run_numerics(args: argparse.Namespace) -> dict[str, Any]:
-    """Gradient steps on one batch with the plain and the compiled step, from the same weights and the same random
-    stream (`fallback_random` makes the compiled random ops draw what eager ones draw); their losses."""
+    """Gradient steps on one batch with the plain step and each compiled route, from the same weights and the same
+    random stream (`fallback_random` makes the compiled random ops draw what eager ones draw): their losses, and the
+    seconds of each step (the first one of a compiled route includes its compilation)."""
     import warnings
 
     import torch
@@ -268,6 +278,7 @@ def run_numerics(args: argparse.Namespace) -> dict[str, Any]:
 
     inductor_config.fallback_random = True
     MetricAggregator.disabled = False
+    torch.set_num_threads(args.threads or 2)
 
     class Capture:
         disabled = False
@@ -279,10 +290,11 @@ def run_numerics(args: argparse.Namespace) -> dict[str, Any]:
             self.values[name] = float(value)
 
     losses: dict[str, list[dict[str, float]]] = {}
+    seconds: dict[str, list[float]] = {}
     syncs = None
-    for mode in ("plain", "compiled"):
+    for mode in ("plain", *args.routes):
         _, overrides = overrides_for("jepa", args.tiny, args.accelerator, 0, Path(args.log_root))
-        overrides.append(f"algo.compile.enabled={mode == 'compiled'}")
+        overrides += [COMPILED_ROUTES[mode]] if mode != "plain" else []
         cfg = dotdict(OmegaConf.to_container(compose_config(overrides), resolve=True))
         fabric = Fabric(accelerator=args.accelerator, devices=1, precision=cfg.fabric.precision)
         fabric.seed_everything(0)
@@ -290,12 +302,15 @@ def run_numerics(args: argparse.Namespace) -> dict[str, Any]:
         learner = Learner(fabric, cfg, env.observation_space, env.action_space.shape, True)
         batch = _synthetic_batch(cfg, env.action_space.shape[0], fabric.device)
         env.close()
-        losses[mode] = []
+        losses[mode], seconds[mode] = [], []
         for step in range(3):
             fabric.seed_everything(100 + step)
             capture = Capture()
+            started = time.perf_counter()
             learner.train_step({k: v.clone() for k, v in batch.items()}, capture, measure_ratio=False)
             losses[mode].append({k: v for k, v in capture.values.items() if k.startswith("Loss/")})
+            seconds[mode].append(time.perf_counter() - started)  # the capture has read every loss back
+            print(f"{mode} step {step}: {seconds[mode][-1]:.1f} s", flush=True)
         if mode == "plain" and fabric.device.type == "cuda":
             # Host synchronisations of one warmed-up step without metrics (a search trial's), by CUDA's debug mode
             with warnings.catch_warnings(record=True) as caught:
@@ -304,10 +319,17 @@ def run_numerics(args: argparse.Namespace) -> dict[str, Any]:
                 learner.train_step({k: v.clone() for k, v in batch.items()}, None, measure_ratio=False)
                 torch.cuda.set_sync_debug_mode("default")
             syncs = sum("synchroniz" in str(w.message) for w in caught)
-    diffs = [
-        max(abs(c[k] - p[k]) / max(abs(p[k]), 1e-6) for k in p) for p, c in zip(losses["plain"], losses["compiled"])
-    ]
-    return {"variant": "numerics", "losses": losses, "max_rel_diff_per_step": diffs, "syncs_per_step": syncs}
+    diffs = {
+        route: [max(abs(c[k] - p[k]) / max(abs(p[k]), 1e-6) for k in p) for p, c in zip(losses["plain"], losses[route])]
+        for route in args.routes
+    }
+    return {
+        "variant": "numerics",
+        "losses": losses,
+        "step_seconds": seconds,
+        "max_rel_diff_per_step": diffs,
+        "syncs_per_step": syncs,
+    }
 
 
 def _synthetic_batch(cfg: Any, action_dim: int, device: Any) -> dict[str, Any]:
@@ -339,6 +361,7 @@ def _worker_command(args: argparse.Namespace, variant: str, seed: int, k: int, b
     command = [sys.executable, __file__, "--worker", variant, "--seed", str(seed), "--k", str(k)]
     command += ["--warmup", str(args.warmup), "--window", str(args.window), "--threads", str(_threads(args, k))]
     command += ["--accelerator", args.accelerator, "--barrier", str(barrier), "--result", str(out)]
+    command += ["--routes", ",".join(args.routes)]
     command += ["--log-root", str(args.scratch / "runs")] + (["--tiny"] if args.tiny else [])
     return command
 
@@ -435,6 +458,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="comma-separated runs in order: a variant, or VARIANT*K for K processes of it at once (default: "
         f"{DEFAULT_RUNS}; with --tiny {TINY_RUNS}); variants: " + ", ".join(["numerics", *VARIANTS]),
     )
+    parser.add_argument(
+        "--routes",
+        default=",".join(COMPILED_ROUTES),
+        help="compiled routes that the numerics run compares with the plain step: steps (ours, algo.compile_steps), "
+        "losses (SheepRL's algo.compile)",
+    )
     parser.add_argument("--evaluate", help="the variant whose K=1 run times an evaluation (jepa_compiled; tiny: jepa)")
     parser.add_argument("--warmup", type=int, default=None, help="gradient steps before the window (GPU 30, tiny 5)")
     parser.add_argument("--window", type=float, default=None, help="seconds of the window (GPU 40, tiny 8)")
@@ -453,6 +482,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--result", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--log-root", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    args.routes = [r for r in args.routes.split(",") if r]
+    if not set(args.routes) <= set(COMPILED_ROUTES):
+        parser.error(f"--routes {','.join(args.routes)}: choose from {', '.join(COMPILED_ROUTES)}")
     if args.accelerator is None:
         import torch
 
@@ -472,9 +504,17 @@ def report(args: argparse.Namespace, results: dict, numerics: dict[str, Any] | N
     text = f"# Throughput ({time.strftime('%Y-%m-%d')})\n\n{environment(args)}\n\n"
     text += table(results, args.eval_every, "cuda" if args.accelerator == "cuda" else "cpu") + "\n"
     if numerics is not None:
-        diffs = numerics.get("max_rel_diff_per_step")
-        text += "\nPlain vs compiled step on one batch, largest relative difference of a loss per step: "
-        text += (", ".join(f"{d:.2e}" for d in diffs) if diffs else numerics.get("problem", "?")) + "\n"
+        text += "\nPlain vs compiled steps on one batch (3 steps, same weights and random stream):\n"
+        if "problem" in numerics:
+            text += f"- {numerics['problem']}\n"
+        for route, diffs in numerics.get("max_rel_diff_per_step", {}).items():
+            first, *later = numerics["step_seconds"][route]
+            text += (
+                f"- `{route}`: largest relative difference of a loss per step "
+                + ", ".join(f"{d:.2e}" for d in diffs)
+                + f"; first step (compilation included) {first:.0f} s, then {', '.join(f'{t:.2f}' for t in later)} s"
+                + f" (plain: {', '.join(f'{t:.2f}' for t in numerics['step_seconds']['plain'])} s)\n"
+            )
         if numerics.get("syncs_per_step") is not None:
             text += f"Host synchronisations per plain gradient step: {numerics['syncs_per_step']}\n"
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -38,6 +38,14 @@ def _grad_norm(fabric: Fabric, loss: Tensor, params: Sequence[Tensor]) -> Tensor
     return norm
 
 
+def compile_recurrent_steps(rssm: torch.nn.Module) -> None:
+    """Our compiled route (`algo.compile_steps`): `torch.compile` on one step of the posterior unroll and one of the
+    imagination, the loops behind most of a gradient step's ~12.7k kernel launches (docs/PERFORMANCE.md). Two small
+    graphs, each compiled once, where SheepRL's `algo.compile` compiles whole losses with their loops unrolled."""
+    rssm.dynamic = torch.compile(rssm.dynamic)
+    rssm.imagination = torch.compile(rssm.imagination)
+
+
 class Learner:
     """World model, actor, critic, target critic, their optimisers, the return normaliser and the JEPA heads."""
 
@@ -70,6 +78,8 @@ class Learner:
             state.get("target_critic"),
         )
         self.player: PlayerDV3
+        if cfg.algo.compile_steps:
+            compile_recurrent_steps(self.world_model.rssm)  # the player has a copy of its own, left eager
         self.heads: JEPAHeads | None = None
         world_params = list(self.world_model.parameters())
         if self.jepa_coef > 0:

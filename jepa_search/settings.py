@@ -36,6 +36,7 @@ RESERVED_OVERRIDES = (
     "fabric.accelerator",
     "algo.jepa_",
     "algo.compile.enabled",
+    "algo.compile_steps",
 )
 # What each objective of --objectives optimises, and the results.json key it is read from
 OBJECTIVES = {"return": "maximize", "wall_time": "minimize", "peak_gpu_memory": "minimize"}
@@ -74,7 +75,7 @@ class SearchSettings:
     heartbeat_interval: int = 60
     max_retries: int = 2
     checkpoint_every: int = 0
-    compile: bool = False
+    compile: str = "off"
     trials_per_device: int = 1
     gpus: tuple[int, ...] = ()
     objectives: tuple[str, ...] = ("return",)
@@ -221,10 +222,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--compile",
-        choices=["on", "off"],
+        choices=["off", "steps", "losses"],
         default="off",
-        help="compiled training step with CUDA graphs (algo.compile); experimental: compiling took over 6 minutes "
-        "per trial process on an H200 machine and its speed is not measured yet (docs/PERFORMANCE.md)",
+        help="compiled training step: steps (ours: the recurrent steps, compiled in seconds) or losses (SheepRL's "
+        "algo.compile with CUDA graphs; over 6 minutes of compilation per trial process on an H200); their GPU "
+        "speed is not measured yet (docs/PERFORMANCE.md)",
     )
     p.add_argument(
         "--trials-per-device",
@@ -501,7 +503,7 @@ def settings_from_args(args: argparse.Namespace) -> SearchSettings:
         heartbeat_interval=args.heartbeat_interval,
         max_retries=args.max_retries,
         checkpoint_every=args.eval_every if args.checkpoint_every is None else args.checkpoint_every,
-        compile=args.compile == "on",
+        compile=args.compile,
         trials_per_device=args.trials_per_device,
         gpus=gpus,
         objectives=objectives,

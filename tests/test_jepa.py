@@ -179,3 +179,41 @@ def test_a_non_finite_loss_fails_with_its_step(monkeypatch):
         learner.train_step(data, None, measure_ratio=False)
     with pytest.raises(FloatingPointError, match="non-finite loss at step 1234"):
         learner.raise_if_diverged(1234)
+
+
+class _Capture:
+    """An aggregator that keeps the last value of every metric (the learner calls `update`)."""
+
+    disabled = False
+
+    def __init__(self) -> None:
+        self.values: dict[str, float] = {}
+
+    def update(self, name: str, value: torch.Tensor) -> None:
+        self.values[name] = float(value)
+
+
+def test_compiled_recurrent_steps_train_like_the_plain_step(monkeypatch):
+    # Our compiled route (algo.compile_steps) from the same weights and random stream (`fallback_random`: compiled
+    # random operators draw what eager ones draw): the same losses, gradient ratio and updated weights
+    import torch._dynamo
+    import torch._inductor.config as inductor_config
+
+    monkeypatch.setattr(inductor_config, "fallback_random", True)
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    metrics, weights = {}, {}
+    for steps in (False, True):
+        learner = _learner(resolved_cfg("algo.jepa_coef=1.0", f"algo.compile_steps={steps}"))
+        capture = _Capture()
+        torch.manual_seed(1)
+        learner.train_step(_batch(), capture, measure_ratio=True)
+        metrics[steps], weights[steps] = capture.values, dict(learner.world_model.named_parameters())
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 2  # one unroll step, one imagination step
+    assert {"Loss/world_model_loss", "Loss/jepa_loss", "Loss/policy_loss", "Grads/encoder_jepa_over_recon"} <= set(
+        metrics[True]
+    )
+    for key, value in metrics[False].items():
+        assert metrics[True][key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
+    for name, p in weights[False].items():
+        torch.testing.assert_close(weights[True][name], p, rtol=1e-4, atol=1e-6)
