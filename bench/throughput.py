@@ -9,7 +9,7 @@ Every variant trains in a process of its own and is timed in its steady state on
 `--warmup` gradient steps (start-up, random acting before `learning_starts` and compilation are over) and lasts
 `--window` seconds. K concurrent trials wait for each other at that point, so that their windows overlap. The
 single run of the `--evaluate` variant then plays one evaluation at the search's settings, timed on its own.
-A `numerics` check trains the same batch with the plain and the compiled step and compares their losses.
+A `numerics` check trains the same batch with the plain step and each compiled route and compares their losses.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ VARIANTS: dict[str, tuple[str, tuple[str, ...], str]] = {
         "SheepRL's loop with its algo.compile",
     ),
 }
-DEFAULT_RUNS = "sheeprl,jepa0,jepa,jepa_compiled,jepa_compiled*4,numerics,jepa_compiled*2,jepa_compiled*8"
+DEFAULT_RUNS = "sheeprl,jepa0,jepa,jepa_steps,jepa_steps*4,numerics,jepa_steps*2,jepa_steps*8,jepa_compiled"
 TINY_RUNS = "sheeprl,jepa0,jepa,jepa*2"
 
 # The same for every variant: no logging, checkpoints or videos, a buffer that fits K processes
@@ -257,12 +257,18 @@ def run_worker(args: argparse.Namespace) -> dict[str, Any]:
 
 # The compiled routes the numerics run compares with the plain step: ours, and SheepRL's
 COMPILED_ROUTES = {"steps": "algo.compile_steps=True", "losses": "algo.compile.enabled=True"}
+# The plain step in fp32: how far bf16-mixed's own rounding moves the losses, the scale for the routes' differences
+FP32_REFERENCE = "plain fp32"
+MODE_OVERRIDES = {"plain": (), FP32_REFERENCE: ("fabric.precision=32-true",)} | {
+    route: (override,) for route, override in COMPILED_ROUTES.items()
+}
 
 
 def run_numerics(args: argparse.Namespace) -> dict[str, Any]:
     """Gradient steps on one batch with the plain step and each compiled route, from the same weights and the same
     random stream (`fallback_random` makes the compiled random ops draw what eager ones draw): their losses, and the
-    seconds of each step (the first one of a compiled route includes its compilation)."""
+    seconds of each step (the first one of a compiled route includes its compilation). In bf16-mixed the plain step
+    in fp32 is compared too: a route is sound when it moves the losses less than bf16's own rounding does."""
     import warnings
 
     import torch
@@ -292,10 +298,10 @@ def run_numerics(args: argparse.Namespace) -> dict[str, Any]:
     losses: dict[str, list[dict[str, float]]] = {}
     seconds: dict[str, list[float]] = {}
     syncs = None
-    for mode in ("plain", *args.routes):
-        _, overrides = overrides_for("jepa", args.tiny, args.accelerator, 0, Path(args.log_root))
-        overrides += [COMPILED_ROUTES[mode]] if mode != "plain" else []
-        cfg = dotdict(OmegaConf.to_container(compose_config(overrides), resolve=True))
+    _, overrides = overrides_for("jepa", args.tiny, args.accelerator, 0, Path(args.log_root))
+    reference = [FP32_REFERENCE] if compose_config(overrides).fabric.precision != "32-true" else []
+    for mode in ("plain", *args.routes, *reference):
+        cfg = dotdict(OmegaConf.to_container(compose_config([*overrides, *MODE_OVERRIDES[mode]]), resolve=True))
         fabric = Fabric(accelerator=args.accelerator, devices=1, precision=cfg.fabric.precision)
         fabric.seed_everything(0)
         env = make_env(cfg, 0, 0, None, "numerics")()
@@ -320,8 +326,8 @@ def run_numerics(args: argparse.Namespace) -> dict[str, Any]:
                 torch.cuda.set_sync_debug_mode("default")
             syncs = sum("synchroniz" in str(w.message) for w in caught)
     diffs = {
-        route: [max(abs(c[k] - p[k]) / max(abs(p[k]), 1e-6) for k in p) for p, c in zip(losses["plain"], losses[route])]
-        for route in args.routes
+        mode: [max(abs(c[k] - p[k]) / max(abs(p[k]), 1e-6) for k in p) for p, c in zip(losses["plain"], losses[mode])]
+        for mode in (*args.routes, *reference)
     }
     return {
         "variant": "numerics",
@@ -464,7 +470,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="compiled routes that the numerics run compares with the plain step: steps (ours, algo.compile_steps), "
         "losses (SheepRL's algo.compile)",
     )
-    parser.add_argument("--evaluate", help="the variant whose K=1 run times an evaluation (jepa_compiled; tiny: jepa)")
+    parser.add_argument("--evaluate", help="the variant whose K=1 run times an evaluation (jepa_steps; tiny: jepa)")
     parser.add_argument("--warmup", type=int, default=None, help="gradient steps before the window (GPU 30, tiny 5)")
     parser.add_argument("--window", type=float, default=None, help="seconds of the window (GPU 40, tiny 8)")
     parser.add_argument("--threads", type=int, help="torch threads per process (default: the cores / K, at most 2)")
@@ -490,7 +496,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
         args.accelerator = "cuda" if torch.cuda.is_available() else "cpu"
     args.runs = args.runs or (TINY_RUNS if args.tiny else DEFAULT_RUNS)
-    args.evaluate = args.evaluate or ("jepa" if args.tiny else "jepa_compiled")
+    args.evaluate = args.evaluate or ("jepa" if args.tiny else "jepa_steps")
     args.warmup = args.warmup if args.warmup is not None else (5 if args.tiny else 30)
     if args.warmup < 3:
         parser.error(f"--warmup {args.warmup}: at least 3 (one step is counted, the window opens after the last)")
@@ -507,10 +513,10 @@ def report(args: argparse.Namespace, results: dict, numerics: dict[str, Any] | N
         text += "\nPlain vs compiled steps on one batch (3 steps, same weights and random stream):\n"
         if "problem" in numerics:
             text += f"- {numerics['problem']}\n"
-        for route, diffs in numerics.get("max_rel_diff_per_step", {}).items():
-            first, *later = numerics["step_seconds"][route]
+        for mode, diffs in numerics.get("max_rel_diff_per_step", {}).items():
+            first, *later = numerics["step_seconds"][mode]
             text += (
-                f"- `{route}`: largest relative difference of a loss per step "
+                f"- `{mode}`: largest relative difference of a loss per step "
                 + ", ".join(f"{d:.2e}" for d in diffs)
                 + f"; first step (compilation included) {first:.0f} s, then {', '.join(f'{t:.2f}' for t in later)} s"
                 + f" (plain: {', '.join(f'{t:.2f}' for t in numerics['step_seconds']['plain'])} s)\n"

@@ -193,13 +193,12 @@ class _Capture:
         self.values[name] = float(value)
 
 
-def test_compiled_recurrent_steps_train_like_the_plain_step(monkeypatch):
+def test_compiled_recurrent_steps_train_like_the_plain_step():
     # Our compiled route (algo.compile_steps) from the same weights and random stream (`fallback_random`: compiled
     # random operators draw what eager ones draw): the same losses, gradient ratio and updated weights
     import torch._dynamo
     import torch._inductor.config as inductor_config
 
-    monkeypatch.setattr(inductor_config, "fallback_random", True)
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
     metrics, weights = {}, {}
@@ -207,7 +206,8 @@ def test_compiled_recurrent_steps_train_like_the_plain_step(monkeypatch):
         learner = _learner(resolved_cfg("algo.jepa_coef=1.0", f"algo.compile_steps={steps}"))
         capture = _Capture()
         torch.manual_seed(1)
-        learner.train_step(_batch(), capture, measure_ratio=True)
+        with inductor_config.patch(fallback_random=True):
+            learner.train_step(_batch(), capture, measure_ratio=True)
         metrics[steps], weights[steps] = capture.values, dict(learner.world_model.named_parameters())
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 2  # one unroll step, one imagination step
     assert {"Loss/world_model_loss", "Loss/jepa_loss", "Loss/policy_loss", "Grads/encoder_jepa_over_recon"} <= set(

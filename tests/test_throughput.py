@@ -106,3 +106,27 @@ def test_two_trials_at_once_on_the_cpu_share_the_study(tmp_path, capfd):
         assert json.loads((out / f"trial_{t.number}" / "results.json").read_text())["state"] == "COMPLETE"
     assert (out / "SUMMARY.md").exists() and (out / "results.csv").exists()
     assert not list(out.rglob(".*.tmp*"))  # both workers rewrote the artifacts through temporary files
+
+
+def test_launch_count_takes_outermost_operators_and_compiled_kernels(monkeypatch):
+    import torch
+    import torch._inductor.config as inductor_config
+    from torch.profiler import profile
+
+    monkeypatch.syspath_prepend(str(REPO / "bench"))
+    from launches import count_launches
+
+    def f(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        return torch.relu(x @ w + 1).view(-1).sum() * 2
+
+    x, w = torch.randn(8, 8), torch.randn(8, 8)
+    with profile() as eager:
+        f(x, w)
+    compiled = torch.compile(f)
+    # Compiled kernels are named in the profile only when generated with the flag, not when read from the cache
+    with inductor_config.patch({"force_disable_caches": True, "cpp.enable_kernel_profile": True}):
+        compiled(x, w)
+    with profile() as fused:
+        compiled(x, w)
+    assert count_launches(eager.events(), cuda=False) == 5  # matmul (its mm inside), add, relu, sum, mul; no view
+    assert 2 <= count_launches(fused.events(), cuda=False) < 5  # the mm, then fused pointwise and reduction kernels
