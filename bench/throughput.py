@@ -220,7 +220,8 @@ def run_worker(args: argparse.Namespace) -> dict[str, Any]:
 
     exp, overrides = overrides_for(args.worker, args.tiny, args.accelerator, args.seed, Path(args.log_root))
     cfg = compose_config(overrides, exp=exp)
-    meter.count_ops = not cfg.algo.compile.enabled
+    # The dispatcher sees a compiled step's operators only where it falls back to eager: plain steps only
+    meter.count_ops = not (cfg.algo.compile.enabled or cfg.algo.get("compile_steps", False))
     eval_seconds = first_eval_seconds = None
     try:
         if exp == "dreamer_v3_jepa":
