@@ -224,9 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--compile",
         choices=["off", "steps", "losses"],
         default="off",
-        help="compiled training step: steps (ours: the recurrent steps, compiled in seconds) or losses (SheepRL's "
-        "algo.compile with CUDA graphs; over 6 minutes of compilation per trial process on an H200); their GPU "
-        "speed is not measured yet (docs/PERFORMANCE.md)",
+        help="compiled training step: steps (ours: the recurrent steps, 36 s of compilation on 2 CPU cores) or "
+        "losses (SheepRL's algo.compile with CUDA graphs; over 6 minutes of compilation per trial process on an "
+        "H200); their GPU speed is not measured yet (docs/PERFORMANCE.md)",
     )
     p.add_argument(
         "--trials-per-device",
