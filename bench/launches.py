@@ -58,28 +58,14 @@ def count_launches(events: Any, cuda: bool) -> int:
 def measure(route: str, args: argparse.Namespace) -> int:
     """Launches of the third gradient step of a fresh learner (the first two compile and warm up)."""
     import torch
-    from lightning.fabric import Fabric
-    from omegaconf import OmegaConf
-    from sheeprl.utils.env import make_env
     from sheeprl.utils.metric import MetricAggregator
-    from sheeprl.utils.utils import dotdict
     from torch.profiler import ProfilerActivity, profile
 
-    from jepa_dreamer.learner import Learner
-    from jepa_dreamer.runner import compose_config
-
     MetricAggregator.disabled = True  # a search trial's step between two logging points
-    _, overrides = throughput.overrides_for("jepa", args.tiny, args.accelerator, 0, Path("/tmp/launches_runs"))
-    overrides.append(f"algo.compile_steps={route == 'steps'}")
-    cfg = dotdict(OmegaConf.to_container(compose_config(overrides), resolve=True))
-    fabric = Fabric(accelerator=args.accelerator, devices=1, precision=cfg.fabric.precision)
-    env = make_env(cfg, 0, 0, None, "launches")()
-    learner = Learner(fabric, cfg, env.observation_space, env.action_space.shape, True)
-    batch = throughput._synthetic_batch(cfg, env.action_space.shape[0], fabric.device)
-    env.close()
+    learner, batch = throughput.fresh_learner(args, throughput.MODE_OVERRIDES[route], Path("/tmp/launches_runs"))
     for _ in range(2):
         learner.train_step({k: v.clone() for k, v in batch.items()}, None, measure_ratio=False)
-    cuda = fabric.device.type == "cuda"
+    cuda = learner.fabric.device.type == "cuda"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     with profile(activities=activities) as prof:
         learner.train_step({k: v.clone() for k, v in batch.items()}, None, measure_ratio=False)

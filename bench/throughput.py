@@ -265,6 +265,28 @@ MODE_OVERRIDES = {"plain": (), FP32_REFERENCE: ("fabric.precision=32-true",)} | 
 }
 
 
+def fresh_learner(args: argparse.Namespace, extra: tuple[str, ...], log_root: Path) -> tuple[Any, dict[str, Any]]:
+    """A learner of the `jepa` variant with the `extra` overrides, seeded, and a synthetic replay batch on its
+    device: the numerics run and `bench/launches.py` train one batch again and again."""
+    from lightning.fabric import Fabric
+    from omegaconf import OmegaConf
+    from sheeprl.utils.env import make_env
+    from sheeprl.utils.utils import dotdict
+
+    from jepa_dreamer.learner import Learner
+    from jepa_dreamer.runner import compose_config
+
+    _, overrides = overrides_for("jepa", args.tiny, args.accelerator, 0, log_root)
+    cfg = dotdict(OmegaConf.to_container(compose_config([*overrides, *extra]), resolve=True))
+    fabric = Fabric(accelerator=args.accelerator, devices=1, precision=cfg.fabric.precision)
+    fabric.seed_everything(0)
+    env = make_env(cfg, 0, 0, None, "bench")()
+    learner = Learner(fabric, cfg, env.observation_space, env.action_space.shape, True)
+    batch = _synthetic_batch(cfg, env.action_space.shape[0], fabric.device)
+    env.close()
+    return learner, batch
+
+
 def run_numerics(args: argparse.Namespace) -> dict[str, Any]:
     """Gradient steps on one batch with the plain step and each compiled route, from the same weights and the same
     random stream (`fallback_random` makes the compiled random ops draw what eager ones draw): their losses, and the
@@ -274,13 +296,8 @@ def run_numerics(args: argparse.Namespace) -> dict[str, Any]:
 
     import torch
     import torch._inductor.config as inductor_config
-    from lightning.fabric import Fabric
-    from omegaconf import OmegaConf
-    from sheeprl.utils.env import make_env
     from sheeprl.utils.metric import MetricAggregator
-    from sheeprl.utils.utils import dotdict
 
-    from jepa_dreamer.learner import Learner
     from jepa_dreamer.runner import compose_config
 
     inductor_config.fallback_random = True
@@ -302,13 +319,8 @@ def run_numerics(args: argparse.Namespace) -> dict[str, Any]:
     _, overrides = overrides_for("jepa", args.tiny, args.accelerator, 0, Path(args.log_root))
     reference = [FP32_REFERENCE] if compose_config(overrides).fabric.precision != "32-true" else []
     for mode in ("plain", *args.routes, *reference):
-        cfg = dotdict(OmegaConf.to_container(compose_config([*overrides, *MODE_OVERRIDES[mode]]), resolve=True))
-        fabric = Fabric(accelerator=args.accelerator, devices=1, precision=cfg.fabric.precision)
-        fabric.seed_everything(0)
-        env = make_env(cfg, 0, 0, None, "numerics")()
-        learner = Learner(fabric, cfg, env.observation_space, env.action_space.shape, True)
-        batch = _synthetic_batch(cfg, env.action_space.shape[0], fabric.device)
-        env.close()
+        learner, batch = fresh_learner(args, MODE_OVERRIDES[mode], Path(args.log_root))
+        fabric = learner.fabric
         losses[mode], seconds[mode] = [], []
         for step in range(3):
             fabric.seed_everything(100 + step)
