@@ -41,6 +41,11 @@ VARIANTS: dict[str, tuple[str, tuple[str, ...], str]] = {
         ("algo.jepa_coef=1", "algo.compile_steps=True"),
         "ours, JEPA on, the recurrent steps compiled (algo.compile_steps, our route)",
     ),
+    "jepa_steps_fp32": (
+        "dreamer_v3_jepa",
+        ("algo.jepa_coef=1", "algo.compile_steps=True", "fabric.precision=32-true"),
+        "jepa_steps in fp32 (TF32 matmuls): no autocast casts, where the launch-bound step pays for every kernel",
+    ),
     "jepa_compiled": (
         "dreamer_v3_jepa",
         ("algo.jepa_coef=1", "algo.compile.enabled=True"),
@@ -52,7 +57,9 @@ VARIANTS: dict[str, tuple[str, tuple[str, ...], str]] = {
         "SheepRL's loop with its algo.compile",
     ),
 }
-DEFAULT_RUNS = "sheeprl,jepa0,jepa,jepa_steps,jepa_steps*4,numerics,jepa_steps*2,jepa_steps*8,jepa_compiled"
+DEFAULT_RUNS = (
+    "sheeprl,jepa0,jepa,jepa_steps,jepa_steps*4,numerics,jepa_steps*2,jepa_steps*8,jepa_steps_fp32,jepa_compiled"
+)
 TINY_RUNS = "sheeprl,jepa0,jepa,jepa*2"
 
 # The same for every variant: no logging, checkpoints or videos, a buffer that fits K processes
@@ -274,10 +281,11 @@ def fresh_learner(args: argparse.Namespace, extra: tuple[str, ...], log_root: Pa
     from sheeprl.utils.utils import dotdict
 
     from jepa_dreamer.learner import Learner
-    from jepa_dreamer.runner import compose_config
+    from jepa_dreamer.runner import apply_process_settings, compose_config
 
     _, overrides = overrides_for("jepa", args.tiny, args.accelerator, 0, log_root)
     cfg = dotdict(OmegaConf.to_container(compose_config([*overrides, *extra]), resolve=True))
+    apply_process_settings(cfg)  # as a trial's process: without it, argument checks add ~280 host syncs per step
     fabric = Fabric(accelerator=args.accelerator, devices=1, precision=cfg.fabric.precision)
     fabric.seed_everything(0)
     env = make_env(cfg, 0, 0, None, "bench")()

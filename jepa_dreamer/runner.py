@@ -65,6 +65,16 @@ def _keep_known_metrics(cfg: dotdict) -> None:
     MetricAggregator.disabled = cfg.metric.log_level == 0 or len(cfg.metric.aggregator.metrics) == 0
 
 
+def apply_process_settings(cfg: dotdict) -> None:
+    """The process-wide switches SheepRL's launcher sets from the config. They change what a step costs: with
+    `distribution.validate_args` on, every distribution built in a step checks its arguments on the host."""
+    os.environ["OMP_NUM_THREADS"] = str(cfg.num_threads)
+    torch.set_float32_matmul_precision(cfg.float32_matmul_precision)
+    Distribution.set_default_validate_args(cfg.distribution.validate_args)
+    torch.backends.cudnn.benchmark = cfg.torch_backends_cudnn_benchmark
+    torch.backends.cudnn.deterministic = cfg.torch_backends_cudnn_deterministic
+
+
 def run(cfg: DictConfig, hook: EvalHook | None = None) -> TrainResult:
     """Trains the composed `cfg` in this process; `hook` gets every evaluation and may stop the run.
 
@@ -77,14 +87,10 @@ def run(cfg: DictConfig, hook: EvalHook | None = None) -> TrainResult:
         cfg.log_root = log_root
     cfg = dotdict(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True))
     check_configs(cfg)
-    os.environ["OMP_NUM_THREADS"] = str(cfg.num_threads)
-    torch.set_float32_matmul_precision(cfg.float32_matmul_precision)
-    Distribution.set_default_validate_args(cfg.distribution.validate_args)
+    apply_process_settings(cfg)
     _keep_known_metrics(cfg)
     fabric = hydra.utils.instantiate(cfg.fabric, _convert_="all")
     fabric.seed_everything(cfg.seed)
-    torch.backends.cudnn.benchmark = cfg.torch_backends_cudnn_benchmark
-    torch.backends.cudnn.deterministic = cfg.torch_backends_cudnn_deterministic
     try:
         return fabric.launch(finalizing_loggers(partial(train, hook=hook)), cfg)
     finally:
