@@ -39,6 +39,10 @@ RESERVED_OVERRIDES = (
     "algo.compile_steps",
 )
 # What each objective of --objectives optimises, and the results.json key it is read from
+# `--trials-per-device auto` on a GPU: K=4 trials gave 4.03x one trial's throughput on an H200 (a trial keeps one
+# core busy, its 4 environment processes and its compilation use more), K=8 only 4.9x (docs/PERFORMANCE.md)
+AUTO_TRIALS_PER_GPU = 4
+CORES_PER_TRIAL = 4
 OBJECTIVES = {"return": "maximize", "wall_time": "minimize", "peak_gpu_memory": "minimize"}
 OBJECTIVE_KEYS = {"return": "objective", "wall_time": "wall_time_s", "peak_gpu_memory": "peak_memory_mib"}
 
@@ -222,17 +226,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--compile",
-        choices=["off", "steps", "losses"],
-        default="off",
-        help="compiled training step: steps (ours: the recurrent steps, 36 s of compilation on 2 CPU cores) or "
-        "losses (SheepRL's algo.compile with CUDA graphs; over 6 minutes of compilation per trial process on an "
-        "H200); their GPU speed is not measured yet (docs/PERFORMANCE.md)",
+        choices=["auto", "off", "steps", "losses"],
+        default="auto",
+        help="compiled training step. auto: steps on a GPU, off on the CPU. steps: ours, one step of each recurrent "
+        "loop compiled (1.45x the plain step's speed on an H200, about 35 s of compilation per trial process; no "
+        "gain on a CPU). losses: SheepRL's algo.compile with CUDA graphs (still compiling after 6 minutes on an "
+        "H200). docs/PERFORMANCE.md",
     )
     p.add_argument(
         "--trials-per-device",
-        type=int,
-        default=1,
-        help="trials at once on each GPU (or on the CPU): one worker process each, all on one study",
+        default="auto",
+        help="trials at once on each GPU (or on the CPU): one worker process each, all on one study. auto: "
+        f"{AUTO_TRIALS_PER_GPU} per GPU (4 gave 4.03x one trial's throughput on an H200), fewer where there are "
+        f"under {CORES_PER_TRIAL} CPU cores per trial; 1 on the CPU",
     )
     p.add_argument(
         "--gpus",
@@ -355,6 +361,28 @@ def _check_overrides(overrides: list[str]) -> tuple[str, ...]:
     return tuple(overrides)
 
 
+def _check_trials_per_device(value: str, gpus: tuple[int, ...]) -> int:
+    """A positive count, or `auto`: as many trials per GPU as fill it without running short of CPU cores."""
+    if value == "auto":
+        if not gpus:
+            return 1
+        return max(1, min(AUTO_TRIALS_PER_GPU, (os.cpu_count() or 1) // (CORES_PER_TRIAL * len(gpus))))
+    try:
+        count = int(value)
+    except ValueError:
+        raise UsageError(f"--trials-per-device {value!r} must be a whole number or auto, e.g. 4") from None
+    _positive("--trials-per-device", count)
+    return count
+
+
+def _resolve_compile(choice: str, gpus: tuple[int, ...]) -> str:
+    """`auto`: the fastest numerically sound route measured on the device the trials train on (docs/PERFORMANCE.md):
+    our compiled steps on a GPU; on a CPU the plain step, as fast there and without the compilation."""
+    if choice != "auto":
+        return choice
+    return "steps" if gpus else "off"
+
+
 def _check_gpus(device: str, gpus: str | None) -> tuple[int, ...]:
     """The GPUs the workers use: the ones named, else every visible one unless --device cpu."""
     import torch
@@ -453,8 +481,8 @@ def settings_from_args(args: argparse.Namespace) -> SearchSettings:
     _check_output_dir(output_dir)
     storage = args.storage or f"sqlite:///{(output_dir / 'study.db').resolve()}"
     _check_storage(storage)
-    _positive("--trials-per-device", args.trials_per_device)
     gpus = _check_gpus(args.device, args.gpus)
+    trials_per_device = _check_trials_per_device(args.trials_per_device, gpus)
     try:
         space = load_space(args.search_space)
     except SpaceError as e:
@@ -503,8 +531,8 @@ def settings_from_args(args: argparse.Namespace) -> SearchSettings:
         heartbeat_interval=args.heartbeat_interval,
         max_retries=args.max_retries,
         checkpoint_every=args.eval_every if args.checkpoint_every is None else args.checkpoint_every,
-        compile=args.compile,
-        trials_per_device=args.trials_per_device,
+        compile=_resolve_compile(args.compile, gpus),
+        trials_per_device=trials_per_device,
         gpus=gpus,
         objectives=objectives,
         control=args.control,
