@@ -39,10 +39,12 @@ RESERVED_OVERRIDES = (
     "algo.compile_steps",
 )
 # What each objective of --objectives optimises, and the results.json key it is read from
-# `--trials-per-device auto` on a GPU: K=4 trials gave 4.03x one trial's throughput on an H200 (a trial keeps one
-# core busy, its 4 environment processes and its compilation use more), K=8 only 4.9x (docs/PERFORMANCE.md)
+# `--trials-per-device auto` on a GPU: K=4 trials gave 4.03x one trial's throughput on an H200, K=8 about 5x (a
+# trial keeps one core busy, its 4 environment processes and its compilation use more; model S peaked at 2.95 GiB
+# of tensors, plus its CUDA context): docs/PERFORMANCE.md
 AUTO_TRIALS_PER_GPU = 4
 CORES_PER_TRIAL = 4
+GIB_PER_TRIAL = 4
 OBJECTIVES = {"return": "maximize", "wall_time": "minimize", "peak_gpu_memory": "minimize"}
 OBJECTIVE_KEYS = {"return": "objective", "wall_time": "wall_time_s", "peak_gpu_memory": "peak_memory_mib"}
 
@@ -238,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="trials at once on each GPU (or on the CPU): one worker process each, all on one study. auto: "
         f"{AUTO_TRIALS_PER_GPU} per GPU (4 gave 4.03x one trial's throughput on an H200), fewer where there are "
-        f"under {CORES_PER_TRIAL} CPU cores per trial; 1 on the CPU",
+        f"under {CORES_PER_TRIAL} CPU cores or {GIB_PER_TRIAL} GiB of GPU memory per trial; 1 on the CPU",
     )
     p.add_argument(
         "--gpus",
@@ -362,11 +364,16 @@ def _check_overrides(overrides: list[str]) -> tuple[str, ...]:
 
 
 def _check_trials_per_device(value: str, gpus: tuple[int, ...]) -> int:
-    """A positive count, or `auto`: as many trials per GPU as fill it without running short of CPU cores."""
+    """A positive count, or `auto`: as many trials per GPU as fill it without running short of CPU cores or of
+    the smallest GPU's memory."""
     if value == "auto":
         if not gpus:
             return 1
-        return max(1, min(AUTO_TRIALS_PER_GPU, (os.cpu_count() or 1) // (CORES_PER_TRIAL * len(gpus))))
+        import torch
+
+        by_cores = (os.cpu_count() or 1) // (CORES_PER_TRIAL * len(gpus))
+        by_memory = min(torch.cuda.get_device_properties(g).total_memory for g in gpus) // (GIB_PER_TRIAL << 30)
+        return max(1, min(AUTO_TRIALS_PER_GPU, by_cores, by_memory))
     try:
         count = int(value)
     except ValueError:

@@ -7,6 +7,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import optuna
 import pytest
@@ -48,17 +49,23 @@ def test_benchmark_runs_on_the_cpu_and_prints_ratios_against_sheeprl(tmp_path):
     assert ratio == pytest.approx(total / runs["jepa_k1"][0]["policy_steps_per_s"], abs=0.01)
 
 
-def test_compiled_step_is_ours_on_a_gpu_off_on_the_cpu_and_each_route_sets_its_own_key(tmp_path, monkeypatch):
-    # auto: our compiled steps where trials train on a GPU (1.45x the plain step on an H200), the plain step on the
-    # CPU (no faster there, and no compilation); the GPU is simulated, as CI has none
+def _simulate_gpus(monkeypatch, count: int, gib: int = 80) -> None:
+    """`count` visible GPUs of `gib` GiB each, for the settings' checks: CI has no GPU."""
     import torch
 
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: SimpleNamespace(total_memory=gib << 30))
+
+
+def test_compiled_step_is_ours_on_a_gpu_off_on_the_cpu_and_each_route_sets_its_own_key(tmp_path, monkeypatch):
+    # auto: our compiled steps where trials train on a GPU (1.45x the plain step on an H200), the plain step on the
+    # CPU (no faster there, and no compilation)
     s = settings_for(tmp_path, "--device", "cpu")
     assert s.compile == "off"
     overrides = trial_overrides(s, {}, 0, tmp_path)
     assert "algo.compile.enabled=False" in overrides and "algo.compile_steps=False" in overrides
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    _simulate_gpus(monkeypatch, 2)
     assert settings_for(tmp_path).compile == "steps"  # --device auto, two GPUs visible
     assert settings_for(tmp_path, "--device", "cuda", "--compile", "off").compile == "off"
     assert settings_for(tmp_path, "--device", "cpu").compile == "off"
@@ -87,16 +94,12 @@ def test_bad_parallel_flags_are_one_line(tmp_path, capsys, extra, message):
 
 
 def test_trials_per_device_auto_fills_each_gpu_while_there_are_cores_for_its_trials(tmp_path, monkeypatch):
-    # The GPUs and cores are simulated: CI has no GPU
-    import torch
-
     assert settings_for(tmp_path).trials_per_device == 1  # no GPU: one trial at a time on the CPU
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
-    for cores, per_gpu in ((64, 4), (16, 2), (4, 1)):
+    for cores, gib, per_gpu in ((64, 80, 4), (16, 80, 2), (4, 80, 1), (64, 12, 3), (64, 2, 1)):
+        _simulate_gpus(monkeypatch, 2, gib)
         monkeypatch.setattr(os, "cpu_count", lambda cores=cores: cores)
         s = settings_for(tmp_path)
-        assert (s.trials_per_device, s.n_workers) == (per_gpu, 2 * per_gpu), cores
+        assert (s.trials_per_device, s.n_workers) == (per_gpu, 2 * per_gpu), (cores, gib)
     assert settings_for(tmp_path, "--trials-per-device", "3").trials_per_device == 3
     assert settings_for(tmp_path, "--device", "cpu").trials_per_device == 1
 
