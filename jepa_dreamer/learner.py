@@ -42,6 +42,9 @@ def compile_recurrent_steps(rssm: torch.nn.Module) -> None:
     """Our compiled route (`algo.compile_steps`): `torch.compile` on one step of the posterior unroll and one of the
     imagination, the loops behind most of a gradient step's ~12.7k kernel launches (docs/PERFORMANCE.md). Two small
     graphs, each compiled once, where SheepRL's `algo.compile` compiles whole losses with their loops unrolled."""
+    # The encoder-gradient ratio backpropagates through these graphs with retain_graph=True, which a backward that
+    # frees its saved tensors early ("donated buffers") refuses (a Phase 2 run through the sheeprl CLI failed so)
+    torch._functorch.config.donated_buffer = False
     rssm.dynamic = torch.compile(rssm.dynamic)
     rssm.imagination = torch.compile(rssm.imagination)
 

@@ -195,7 +195,9 @@ class _Capture:
 
 def test_compiled_recurrent_steps_train_like_the_plain_step():
     # Our compiled route (algo.compile_steps) from the same weights and random stream (`fallback_random`: compiled
-    # random operators draw what eager ones draw): the same losses, gradient ratio and updated weights
+    # random operators draw what eager ones draw): the same losses, gradient ratio and updated weights. As in
+    # training, the ratio is measured at a later step than the first (the graphs' backward is compiled at the first),
+    # and the graphs are compiled here, not read from a cache that an earlier process filled
     import torch._dynamo
     import torch._inductor.config as inductor_config
 
@@ -206,8 +208,9 @@ def test_compiled_recurrent_steps_train_like_the_plain_step():
         learner = _learner(resolved_cfg("algo.jepa_coef=1.0", f"algo.compile_steps={steps}"))
         capture = _Capture()
         torch.manual_seed(1)
-        with inductor_config.patch(fallback_random=True):
-            learner.train_step(_batch(), capture, measure_ratio=True)
+        with inductor_config.patch(fallback_random=True, force_disable_caches=True):
+            learner.train_step(_batch(), None, measure_ratio=False)
+            learner.train_step(_batch(1), capture, measure_ratio=True)
         metrics[steps], weights[steps] = capture.values, dict(learner.world_model.named_parameters())
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 2  # one unroll step, one imagination step
     assert {"Loss/world_model_loss", "Loss/jepa_loss", "Loss/policy_loss", "Grads/encoder_jepa_over_recon"} <= set(
