@@ -436,10 +436,12 @@ def test_study_artifacts_match_the_trials_and_are_rebuilt_by_report_only(dry_run
     assert {f: (dry_run / f).read_text() for f in before} == before
 
 
-def test_phase2_commands_of_the_summary_run(dry_run, tmp_path):
+def _run_phase2_commands(output_dir: Path, tmp_path: Path) -> list[str]:
+    """Both Phase 2 commands of the SUMMARY.md in `output_dir`, run by the `sheeprl` CLI on the tiny model for 128
+    steps (with its metrics logged, as a user's run); the commands."""
     from tests.helpers import TINY_RUN
 
-    summary = (dry_run / "SUMMARY.md").read_text()
+    summary = (output_dir / "SUMMARY.md").read_text()
     commands = [block.split("\n")[1] for block in summary.split("```bash")[1:]]
     assert commands[0].startswith("sheeprl --config-path") and commands[1].startswith("sheeprl exp=dreamer_v3_jepa")
     tiny = [*TINY_RUN, "algo.total_steps=128", "algo.eval.every=128", "algo.eval.episodes=1", "checkpoint.every=0"]
@@ -455,6 +457,24 @@ def test_phase2_commands_of_the_summary_run(dry_run, tmp_path):
         )
         assert out.returncode == 0, out.stderr[-2000:]
         assert "Eval 1 at policy_step=128" in out.stdout
+    return commands
+
+
+def test_phase2_commands_of_the_summary_run(dry_run, tmp_path):
+    _run_phase2_commands(dry_run, tmp_path)
+
+
+def test_phase2_commands_of_a_search_on_our_compiled_route_run_on_it(tmp_path):
+    # `--compile auto` picks this route on a GPU; Phase 2 keeps it, and both commands still run (the encoder-gradient
+    # ratio, measured at each logging point, backpropagates through the compiled graphs twice)
+    out = tmp_path / "compiled"
+    argv = [*SMALL, "--n-trials", "1", "--no-control", "--pruner", "none", "--compile", "steps"]
+    assert main([*argv, "--output-dir", str(out)]) == 0
+    results = json.loads((out / "trial_0" / "results.json").read_text())
+    assert results["state"] == "COMPLETE" and "algo.compile_steps=True" in results["overrides"]
+    commands = _run_phase2_commands(out, tmp_path)
+    assert "algo.compile_steps=True" in commands[1]
+    assert yaml.safe_load((out / "best_config.yaml").read_text())["algo"]["compile_steps"] is True
 
 
 def test_rerun_adds_nothing_and_a_higher_n_trials_adds_the_difference(dry_run):

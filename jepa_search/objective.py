@@ -18,7 +18,7 @@ from jepa_dreamer.runner import run
 from jepa_search.sampler import SpaceExhausted
 from jepa_search.settings import EXPERIMENTS, OBJECTIVE_KEYS, SearchSettings, mask_password
 from jepa_search.space import CONTROL_PARAMS, is_control, suggest
-from jepa_search.study import NOT_TRAINED_ATTR, root_number
+from jepa_search.study import COMPILE_ATTR, NOT_TRAINED_ATTR, root_number
 from jepa_search.trial import Trainer, TrialSpec, latest_checkpoint, run_trial, trial_dir_name, trial_overrides
 
 WRAPPER = Path(__file__).resolve().parents[1] / "train_wrapper.py"
@@ -135,6 +135,7 @@ class Objective:
     def train(self, trial: optuna.Trial, spec: TrialSpec, started: str) -> dict[str, Any]:
         """Run the spec (in this process or a child) and keep its summary in the trial's user attributes."""
         trial.set_user_attr("seed", spec.seed)
+        trial.set_user_attr(COMPILE_ATTR, self.settings.compile)  # its Phase 2 run trains on the same route
         trial.set_user_attr("trial_dir", os.path.relpath(spec.trial_dir, self.settings.output_dir))
         self.progress(started)
         try:

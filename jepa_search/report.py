@@ -27,9 +27,10 @@ from optuna.trial import FrozenTrial, TrialState
 from jepa_search import stats
 from jepa_search.confirm import CONTROL_LABEL, aggregate, confirmation_rows
 from jepa_search.objective import SUMMARY_KEYS
-from jepa_search.settings import DEFAULT_TASKS, EXPERIMENTS, OBJECTIVE_KEYS
+from jepa_search.settings import COMPILE_KEYS, DEFAULT_TASKS, EXPERIMENTS, OBJECTIVE_KEYS
 from jepa_search.space import configuration, is_control
 from jepa_search.study import (
+    COMPILE_ATTR,
     CONFIRM_STEPS_ATTR,
     NOT_TRAINED_ATTR,
     SETTINGS_ATTR,
@@ -72,8 +73,9 @@ def trial_rows(study: optuna.Study) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["number", "state", "control", *names, "objective", *SUMMARY_KEYS])
 
 
-def phase2_overrides(settings: dict[str, Any], params: dict[str, Any]) -> list[str]:
-    """The explicit SheepRL overrides of a configuration's Phase 2 run (full budget, same env, task and extras)."""
+def phase2_overrides(settings: dict[str, Any], params: dict[str, Any], route: str = "off") -> list[str]:
+    """The explicit SheepRL overrides of a configuration's Phase 2 run: full budget, same env, task and extras, and
+    the compiled `route` its trial trained with (it computes what the plain step does, faster)."""
     out = [f"env={settings['env']}"]
     if settings["task"] != DEFAULT_TASKS.get(settings["env"]) or settings["env"] != "dmc":
         if settings["env"] == "dmc":
@@ -84,12 +86,14 @@ def phase2_overrides(settings: dict[str, Any], params: dict[str, Any]) -> list[s
     merged = {**params, **settings["space"]["fixed"]}
     out += [f"algo.{k}={v}" for k, v in merged.items()]
     out += [f"algo.total_steps={settings['full_steps']}", *settings["overrides"]]
+    if route in COMPILE_KEYS:
+        out.append(f"{COMPILE_KEYS[route]}=True")
     return out
 
 
-def phase2_command(settings: dict[str, Any], params: dict[str, Any]) -> str:
+def phase2_command(settings: dict[str, Any], params: dict[str, Any], route: str = "off") -> str:
     exp = EXPERIMENTS[settings["env"]]
-    return " ".join(["sheeprl", f"exp={exp}", *map(shlex.quote, phase2_overrides(settings, params))])
+    return " ".join(["sheeprl", f"exp={exp}", *map(shlex.quote, phase2_overrides(settings, params, route))])
 
 
 def _ranked(study: optuna.Study, confirmed: list[dict[str, Any]]) -> list[FrozenTrial]:
@@ -126,7 +130,8 @@ def topk(study: optuna.Study, settings: dict[str, Any], confirmed: list[dict[str
             "last_eval_return": t.user_attrs.get("last_eval_return"),
             "seed": t.user_attrs.get("seed"),
             "trial_dir": t.user_attrs.get("trial_dir"),
-            "phase2_command": phase2_command(settings, t.params),
+            "compile": t.user_attrs.get(COMPILE_ATTR, "off"),
+            "phase2_command": phase2_command(settings, t.params, t.user_attrs.get(COMPILE_ATTR, "off")),
         }
         for rank, t in enumerate(_ranked(study, confirmed), start=1)
     ]
@@ -137,7 +142,7 @@ def _confirmation_entry(group: dict[str, Any] | None) -> dict[str, Any] | None:
     return None if group is None else {k: group.get(k) for k in keys}
 
 
-def best_config(settings: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+def best_config(settings: dict[str, Any], params: dict[str, Any], route: str = "off") -> dict[str, Any]:
     """A primary SheepRL config for Phase 2, equal to the explicit overrides of `phase2_command`:
     `sheeprl --config-path DIR --config-name best_config` runs it."""
     config: dict[str, Any] = {
@@ -150,7 +155,7 @@ def best_config(settings: dict[str, Any], params: dict[str, Any]) -> dict[str, A
         # The file is run with --config-path: this brings back SheepRL's configs (and so this project's)
         "hydra": {"searchpath": ["pkg://sheeprl.configs"]},
     }
-    for override in phase2_overrides(settings, params)[1:]:  # the first one is the env group, in the defaults
+    for override in phase2_overrides(settings, params, route)[1:]:  # the first one is the env group, in the defaults
         key, _, value = override.lstrip("+~").partition("=")
         *parents, leaf = key.split(".")
         node = config
@@ -516,7 +521,7 @@ def write_report(study: optuna.Study, output_dir: Path) -> None:
                 f"# Phase 2 of {study.study_name}: trial {top[0]['number']}, ranked by the {top[0]['ranked_by']}.\n"
                 f"# Run: sheeprl --config-path {output_dir.resolve()} --config-name best_config\n"
             )
-            yaml.safe_dump(best_config(settings, top[0]["params"]), f, sort_keys=False)
+            yaml.safe_dump(best_config(settings, top[0]["params"], top[0]["compile"]), f, sort_keys=False)
     plots = output_dir / "plots"
     plots.mkdir(exist_ok=True)
     figures = {

@@ -21,6 +21,8 @@ DEFAULT_TASKS = {"dmc": "walker_walk", "atari": "PongNoFrameskip-v4"}
 # The experiment (jepa_dreamer/configs/exp) each env's trials and Phase 2 run
 EXPERIMENTS = {"dmc": "dreamer_v3_jepa", "atari": "dreamer_v3_jepa_atari"}
 # The Python package each env needs, and how to get it
+# The SheepRL key each compiled route of --compile turns on (both off otherwise)
+COMPILE_KEYS = {"steps": "algo.compile_steps", "losses": "algo.compile.enabled"}
 ENV_PACKAGES = {"dmc": ("dm_control", "pip install dm-control==1.0.50"), "atari": ("ale_py", "pip install ale-py")}
 # Overrides the tool sets itself: passing them through --override would silently break the search
 RESERVED_OVERRIDES = (
@@ -35,8 +37,7 @@ RESERVED_OVERRIDES = (
     "checkpoint.resume_from",
     "fabric.accelerator",
     "algo.jepa_",
-    "algo.compile.enabled",
-    "algo.compile_steps",
+    *COMPILE_KEYS.values(),
 )
 # What each objective of --objectives optimises, and the results.json key it is read from
 # `--trials-per-device auto` on a GPU: K=4 trials gave 4.03x one trial's throughput on an H200, K=8 about 5x (a

@@ -29,6 +29,8 @@ CONFIRM_SUFFIX = "-confirm"
 CONFIRM_STEPS_ATTR = "confirm_steps"
 # A trial that ended before training because nothing was left to run: failed, never retried
 NOT_TRAINED_ATTR = "not_trained"
+# The compiled route a trial trained with (--compile, resolved on its worker's device)
+COMPILE_ATTR = "compile"
 
 
 def make_storage(settings: SearchSettings) -> RDBStorage:

@@ -27,7 +27,7 @@ from omegaconf import DictConfig
 from jepa_dreamer.dreamer_v3_jepa import TrainResult
 from jepa_dreamer.evaluate import EvalHook, EvalResult
 from jepa_dreamer.runner import TINY_MODEL_OVERRIDES, compose_config, output_overrides, run
-from jepa_search.settings import SearchSettings
+from jepa_search.settings import COMPILE_KEYS, SearchSettings
 from jepa_search.space import configuration, to_overrides
 from jepa_search.tracking import WandbTrial
 
@@ -124,8 +124,7 @@ def trial_overrides(
         *to_overrides({**settings.space.fixed, **params}),
         f"seed={seed}",
         f"fabric.accelerator={settings.device}",
-        f"algo.compile.enabled={settings.compile == 'losses'}",
-        f"algo.compile_steps={settings.compile == 'steps'}",
+        *(f"{key}={settings.compile == route}" for route, key in COMPILE_KEYS.items()),
         "env.capture_video=False",
         "checkpoint.save_last=False",
         f"checkpoint.every={settings.checkpoint_every}",

@@ -75,6 +75,15 @@ def test_compiled_step_is_ours_on_a_gpu_off_on_the_cpu_and_each_route_sets_its_o
     assert "algo.compile.enabled=True" in losses and "algo.compile_steps=False" in losses
 
 
+def test_phase2_command_keeps_the_compiled_route_the_trials_trained_with(tmp_path):
+    from jepa_search.report import phase2_overrides
+
+    settings = settings_for(tmp_path).as_dict()
+    for route, key in (("steps", "algo.compile_steps=True"), ("losses", "algo.compile.enabled=True")):
+        assert key in phase2_overrides(settings, {"jepa_coef": 1.0}, route)
+    assert not [o for o in phase2_overrides(settings, {"jepa_coef": 1.0}, "off") if "compile" in o]
+
+
 @pytest.mark.parametrize(
     "extra,message",
     [
