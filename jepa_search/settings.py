@@ -20,9 +20,9 @@ from jepa_search.space import SearchSpace, SpaceError, load_space
 DEFAULT_TASKS = {"dmc": "walker_walk", "atari": "PongNoFrameskip-v4"}
 # The experiment (jepa_dreamer/configs/exp) each env's trials and Phase 2 run
 EXPERIMENTS = {"dmc": "dreamer_v3_jepa", "atari": "dreamer_v3_jepa_atari"}
-# The Python package each env needs, and how to get it
 # The SheepRL key each compiled route of --compile turns on (both off otherwise)
 COMPILE_KEYS = {"steps": "algo.compile_steps", "losses": "algo.compile.enabled"}
+# The Python package each env needs, and how to get it
 ENV_PACKAGES = {"dmc": ("dm_control", "pip install dm-control==1.0.50"), "atari": ("ale_py", "pip install ale-py")}
 # Overrides the tool sets itself: passing them through --override would silently break the search
 RESERVED_OVERRIDES = (
@@ -39,13 +39,13 @@ RESERVED_OVERRIDES = (
     "algo.jepa_",
     *COMPILE_KEYS.values(),
 )
-# What each objective of --objectives optimises, and the results.json key it is read from
 # `--trials-per-device auto` on a GPU: K=4 trials gave 4.03x one trial's throughput on an H200, K=8 about 5x (a
 # trial keeps one core busy, its 4 environment processes and its compilation use more; model S peaked at 2.95 GiB
 # of tensors, plus its CUDA context): docs/PERFORMANCE.md
 AUTO_TRIALS_PER_GPU = 4
 CORES_PER_TRIAL = 4
 GIB_PER_TRIAL = 4
+# What each objective of --objectives optimises, and the results.json key it is read from
 OBJECTIVES = {"return": "maximize", "wall_time": "minimize", "peak_gpu_memory": "minimize"}
 OBJECTIVE_KEYS = {"return": "objective", "wall_time": "wall_time_s", "peak_gpu_memory": "peak_memory_mib"}
 
