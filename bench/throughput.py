@@ -31,6 +31,8 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from jepa_search.settings import COMPILE_KEYS  # noqa: E402 (the search's compiled routes and their keys)
+
 # name: (experiment, overrides, what it is)
 VARIANTS: dict[str, tuple[str, tuple[str, ...], str]] = {
     "sheeprl": ("dreamer_v3_dmc_walker_walk", (), "SheepRL's own dreamer_v3 loop (the baseline)"),
@@ -263,12 +265,11 @@ def run_worker(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-# The compiled routes the numerics run compares with the plain step: ours, and SheepRL's
-COMPILED_ROUTES = {"steps": "algo.compile_steps=True", "losses": "algo.compile.enabled=True"}
 # The plain step in fp32: how far bf16-mixed's own rounding moves the losses, the scale for the routes' differences
 FP32_REFERENCE = "plain fp32"
+# The overrides of each step the numerics run compares: plain, its fp32 reference, and the search's compiled routes
 MODE_OVERRIDES = {"plain": (), FP32_REFERENCE: ("fabric.precision=32-true",)} | {
-    route: (override,) for route, override in COMPILED_ROUTES.items()
+    route: (f"{key}=True",) for route, key in COMPILE_KEYS.items()
 }
 
 
@@ -487,7 +488,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--routes",
-        default=",".join(COMPILED_ROUTES),
+        default=",".join(COMPILE_KEYS),
         help="compiled routes that the numerics run compares with the plain step: steps (ours, algo.compile_steps), "
         "losses (SheepRL's algo.compile)",
     )
@@ -510,8 +511,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--log-root", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.routes = [r for r in args.routes.split(",") if r]
-    if not set(args.routes) <= set(COMPILED_ROUTES):
-        parser.error(f"--routes {','.join(args.routes)}: choose from {', '.join(COMPILED_ROUTES)}")
+    if not set(args.routes) <= set(COMPILE_KEYS):
+        parser.error(f"--routes {','.join(args.routes)}: choose from {', '.join(COMPILE_KEYS)}")
     if args.accelerator is None:
         import torch
 
