@@ -18,6 +18,5 @@ fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -r requirements_search.txt
-# compat mode puts the project folder on sys.path, which Hydra needs to find the plugin in the hydra_plugins
-# namespace package (the default editable mode hides it behind an import hook)
-.venv/bin/python -m pip install -q --no-deps -e . --config-settings editable_mode=compat 2>/dev/null
+# The build prints setuptools' warnings on every run: shown only when the install fails
+log=$(.venv/bin/python -m pip install -q --no-deps -e . 2>&1) || { echo "$log" >&2; exit 1; }
