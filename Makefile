@@ -2,7 +2,7 @@
 export MUJOCO_GL := egl
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: setup test demo lint
+.PHONY: setup test test-quick demo lint
 
 setup:
 	bash scripts/setup.sh
@@ -10,6 +10,9 @@ setup:
 test: setup
 	.venv/bin/ruff check .
 	.venv/bin/python -m pytest -q -p no:cacheprovider
+
+test-quick: setup
+	.venv/bin/python -m pytest -q -p no:cacheprovider -m "not slow"
 
 demo: setup
 	bash scripts/demo.sh

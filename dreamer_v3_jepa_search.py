@@ -11,15 +11,12 @@ As a command, it trains one configuration and prints every evaluation (SheepRL o
     python dreamer_v3_jepa_search.py algo.jepa_coef=3.0 algo.total_steps=20000 algo.eval.every=5000
 """
 
-import os
 import sys
 
-os.environ.setdefault("MUJOCO_GL", "egl")
-
-from jepa_dreamer.dreamer_v3_jepa import TrainResult  # noqa: E402
-from jepa_dreamer.evaluate import EvalHook, EvalResult  # noqa: E402
-from jepa_dreamer.runner import compose_config, run  # noqa: E402
-from jepa_search.trial import run_trial  # noqa: E402
+from jepa_dreamer.dreamer_v3_jepa import TrainResult
+from jepa_dreamer.evaluate import EvalHook, EvalResult
+from jepa_dreamer.runner import compose_config, run
+from jepa_search.trial import run_trial
 
 __all__ = ["EvalHook", "EvalResult", "TrainResult", "compose_config", "run", "run_trial"]
 

@@ -5,13 +5,9 @@
         --eval-every 10000 --eval-episodes 10 --output-dir ./runs/phase1
 """
 
-import os
 import sys
 
-# MuJoCo picks its OpenGL backend when dm_control is first imported: EGL renders without a display
-os.environ.setdefault("MUJOCO_GL", "egl")
-
-from jepa_search.cli import main  # noqa: E402
+from jepa_search.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -14,13 +14,12 @@ import os
 import sys
 from pathlib import Path
 
-os.environ.setdefault("MUJOCO_GL", "egl")
+import optuna
 
-import optuna  # noqa: E402
-
-from jepa_search.objective import STORAGE_ENV  # noqa: E402
-from jepa_search.study import make_pruner  # noqa: E402
-from jepa_search.trial import TrialSpec, run_trial  # noqa: E402
+from jepa_search.objective import STORAGE_ENV
+from jepa_search.progress import printer
+from jepa_search.study import make_pruner
+from jepa_search.trial import TrialSpec, run_trial
 
 
 def main() -> int:
@@ -34,7 +33,7 @@ def main() -> int:
         study_name=spec.study_name, storage=os.environ.get(STORAGE_ENV, spec.storage), pruner=pruner
     )
     try:
-        run_trial(spec, optuna.trial.Trial(study, spec.trial_id), lambda line: print(line, flush=True))
+        run_trial(spec, optuna.trial.Trial(study, spec.trial_id), printer())
     except Exception:
         return 1
     return 0

@@ -1,9 +1,11 @@
-"""Kernel launches of one gradient step, plain against our compiled route (`algo.compile_steps`), by the profiler.
+"""Kernel launches of one gradient step, plain against our compiled routes (`algo.compile_steps`, `algo.compile_graph`),
+by the profiler.
 
     MUJOCO_GL=egl python bench/launches.py             # model S on the GPU if there is one, else on the CPU
     MUJOCO_GL=egl python bench/launches.py --tiny      # the tests' tiny model
 
-On a GPU it counts the launches the CUDA runtime saw (kernels, graph replays, copies and fills). On a CPU, where
+On a GPU it counts the launches the CUDA runtime saw (kernels, graph replays, copies and fills); a replayed graph is
+one launch. On a CPU the graph route runs its step uncaptured, so it counts what the plain step does. On a CPU, where
 there are no launches, it counts what would be one on a GPU: the outermost non-view ATen operators (an operator
 called inside another one runs in its launch) and the kernels that inductor generated (`cpp.enable_kernel_profile`
 names them in the profile). `bench/throughput.py` counts the plain step by the dispatcher instead, which cannot see
@@ -56,14 +58,15 @@ def count_launches(events: Any, cuda: bool) -> int:
 
 
 def measure(route: str, args: argparse.Namespace) -> int:
-    """Launches of the third gradient step of a fresh learner (the first two compile and warm up)."""
+    """Launches of a warmed-up gradient step of a fresh learner: the third (the first two compile and warm up), and
+    for the graph route the third replay (its first replay follows its eager warm-up steps and the capture)."""
     import torch
-    from sheeprl.utils.metric import MetricAggregator
     from torch.profiler import ProfilerActivity, profile
 
-    MetricAggregator.disabled = True  # a search trial's step between two logging points
+    from jepa_dreamer.graphed import WARMUP_STEPS
+
     learner, batch = throughput.fresh_learner(args, throughput.MODE_OVERRIDES[route], Path("/tmp/launches_runs"))
-    for _ in range(2):
+    for _ in range(2 + (WARMUP_STEPS if route == "graph" else 0)):
         learner.train_step({k: v.clone() for k, v in batch.items()}, None, measure_ratio=False)
     cuda = learner.fabric.device.type == "cuda"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
@@ -82,13 +85,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tiny", action="store_true", help="the tests' tiny model")
     default = "cuda" if torch.cuda.is_available() else "cpu"
     parser.add_argument("--accelerator", choices=("cuda", "cpu"), default=default)
+    parser.add_argument("--routes", default="steps,graph", help="routes counted besides the plain step: steps, graph")
     args = parser.parse_args(argv)
+    routes = [r for r in args.routes.split(",") if r]
+    if not set(routes) <= {"steps", "graph"}:
+        parser.error(f"--routes {args.routes}: choose from steps, graph")
     inductor_config.cpp.enable_kernel_profile = True
-    counts = {route: measure(route, args) for route in ("plain", "steps")}
-    print(
-        f"launches per gradient step ({'tiny' if args.tiny else 'model S'}, {args.accelerator}): "
-        f"plain {counts['plain']}, steps {counts['steps']} ({counts['plain'] / counts['steps']:.2f}x fewer)"
-    )
+    counts = {route: measure(route, args) for route in ("plain", *routes)}
+    fewer = ", ".join(f"{r} {counts[r]} ({counts['plain'] / counts[r]:.2f}x fewer)" for r in routes)
+    model = "tiny" if args.tiny else "model S"
+    print(f"launches per gradient step ({model}, {args.accelerator}): plain {counts['plain']}, {fewer}")
     return 0
 
 

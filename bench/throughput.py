@@ -31,7 +31,10 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from jepa_search.settings import COMPILE_KEYS  # noqa: E402 (the search's compiled routes and their keys)
+from jepa_dreamer.presets import COMPILE_KEYS  # noqa: E402 (the compiled routes and their keys)
+
+# What stays entered until this process ends: a learner's process settings
+_PROCESS = contextlib.ExitStack()
 
 # name: (experiment, overrides, what it is)
 VARIANTS: dict[str, tuple[str, tuple[str, ...], str]] = {
@@ -48,6 +51,11 @@ VARIANTS: dict[str, tuple[str, tuple[str, ...], str]] = {
         ("algo.jepa_coef=1", "algo.compile_steps=True", "fabric.precision=32-true"),
         "jepa_steps in fp32 (TF32 matmuls): no autocast casts, where the launch-bound step pays for every kernel",
     ),
+    "jepa_graph": (
+        "dreamer_v3_jepa",
+        ("algo.jepa_coef=1", "algo.compile_graph=True"),
+        "ours, JEPA on, the whole gradient step replayed as one CUDA graph (algo.compile_graph, our route)",
+    ),
     "jepa_compiled": (
         "dreamer_v3_jepa",
         ("algo.jepa_coef=1", "algo.compile.enabled=True"),
@@ -60,7 +68,8 @@ VARIANTS: dict[str, tuple[str, tuple[str, ...], str]] = {
     ),
 }
 DEFAULT_RUNS = (
-    "sheeprl,jepa0,jepa,jepa_steps,jepa_steps*4,numerics,jepa_steps*2,jepa_steps*8,jepa_steps_fp32,jepa_compiled"
+    "sheeprl,jepa0,jepa,jepa_steps,jepa_graph,jepa_steps*4,numerics,jepa_steps*2,jepa_steps*8,jepa_steps_fp32,"
+    "jepa_compiled"
 )
 TINY_RUNS = "sheeprl,jepa0,jepa,jepa*2"
 
@@ -192,7 +201,7 @@ def op_counter() -> Any:
 
 def overrides_for(variant: str, tiny: bool, accelerator: str, seed: int, log_root: Path) -> tuple[str, list[str]]:
     """The experiment and overrides of `variant`; tiny runs drop the JEPA keys for SheepRL's own algorithm."""
-    from jepa_dreamer.runner import TINY_MODEL_OVERRIDES, output_overrides
+    from jepa_dreamer.presets import TINY_MODEL_OVERRIDES, output_overrides
 
     exp, extra, _ = VARIANTS[variant]
     ours = exp == "dreamer_v3_jepa"
@@ -229,8 +238,9 @@ def run_worker(args: argparse.Namespace) -> dict[str, Any]:
 
     exp, overrides = overrides_for(args.worker, args.tiny, args.accelerator, args.seed, Path(args.log_root))
     cfg = compose_config(overrides, exp=exp)
-    # The dispatcher sees a compiled step's operators only where it falls back to eager: plain steps only
-    meter.count_ops = not (cfg.algo.compile.enabled or cfg.algo.get("compile_steps", False))
+    # The dispatcher sees a compiled step's operators only where it falls back to eager, a replayed graph's none:
+    # plain steps only
+    meter.count_ops = not any(OmegaConf.select(cfg, key, default=False) for key in COMPILE_KEYS.values())
     eval_seconds = first_eval_seconds = None
     try:
         if exp == "dreamer_v3_jepa":
@@ -282,11 +292,12 @@ def fresh_learner(args: argparse.Namespace, extra: tuple[str, ...], log_root: Pa
     from sheeprl.utils.utils import dotdict
 
     from jepa_dreamer.learner import Learner
-    from jepa_dreamer.runner import apply_process_settings, compose_config
+    from jepa_dreamer.runner import compose_config, process_settings
 
     _, overrides = overrides_for("jepa", args.tiny, args.accelerator, 0, log_root)
     cfg = dotdict(OmegaConf.to_container(compose_config([*overrides, *extra]), resolve=True))
-    apply_process_settings(cfg)  # as a trial's process: without it, argument checks add ~280 host syncs per step
+    # As a trial runs (without it, torch.distributions' argument checks sync the host), for the rest of this process
+    _PROCESS.enter_context(process_settings(cfg))
     fabric = Fabric(accelerator=args.accelerator, devices=1, precision=cfg.fabric.precision)
     fabric.seed_everything(0)
     env = make_env(cfg, 0, 0, None, "bench")()
@@ -300,22 +311,21 @@ def run_numerics(args: argparse.Namespace) -> dict[str, Any]:
     """Gradient steps on one batch with the plain step and each compiled route, from the same weights and the same
     random stream (`fallback_random` makes the compiled random ops draw what eager ones draw): their losses, and the
     seconds of each step (the first one of a compiled route includes its compilation). In bf16-mixed the plain step
-    in fp32 is compared too: a route is sound when it moves the losses less than bf16's own rounding does."""
+    in fp32 is compared too: a route is sound when it moves the losses less than bf16's own rounding does. With the
+    `graph` route every mode trains as many more steps as the graph's warm-up, so that it replays a captured graph
+    at the last 3 (its first replayed step also captures it)."""
     import warnings
 
     import torch
     import torch._inductor.config as inductor_config
-    from sheeprl.utils.metric import MetricAggregator
 
+    from jepa_dreamer.graphed import WARMUP_STEPS
     from jepa_dreamer.runner import compose_config
 
     inductor_config.fallback_random = True
-    MetricAggregator.disabled = False
     torch.set_num_threads(args.threads or 2)
 
     class Capture:
-        disabled = False
-
         def __init__(self) -> None:
             self.values: dict[str, float] = {}
 
@@ -324,14 +334,15 @@ def run_numerics(args: argparse.Namespace) -> dict[str, Any]:
 
     losses: dict[str, list[dict[str, float]]] = {}
     seconds: dict[str, list[float]] = {}
-    syncs = None
+    syncs: dict[str, int] = {}
+    steps = 3 + (WARMUP_STEPS if "graph" in args.routes else 0)
     _, overrides = overrides_for("jepa", args.tiny, args.accelerator, 0, Path(args.log_root))
     reference = [FP32_REFERENCE] if compose_config(overrides).fabric.precision != "32-true" else []
     for mode in ("plain", *args.routes, *reference):
         learner, batch = fresh_learner(args, MODE_OVERRIDES[mode], Path(args.log_root))
         fabric = learner.fabric
         losses[mode], seconds[mode] = [], []
-        for step in range(3):
+        for step in range(steps):
             fabric.seed_everything(100 + step)
             capture = Capture()
             started = time.perf_counter()
@@ -339,14 +350,14 @@ def run_numerics(args: argparse.Namespace) -> dict[str, Any]:
             losses[mode].append({k: v for k, v in capture.values.items() if k.startswith("Loss/")})
             seconds[mode].append(time.perf_counter() - started)  # the capture has read every loss back
             print(f"{mode} step {step}: {seconds[mode][-1]:.1f} s", flush=True)
-        if mode == "plain" and fabric.device.type == "cuda":
+        if mode in ("plain", "graph") and fabric.device.type == "cuda":
             # Host synchronisations of one warmed-up step without metrics (a search trial's), by CUDA's debug mode
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 torch.cuda.set_sync_debug_mode("warn")
                 learner.train_step({k: v.clone() for k, v in batch.items()}, None, measure_ratio=False)
                 torch.cuda.set_sync_debug_mode("default")
-            syncs = sum("synchroniz" in str(w.message) for w in caught)
+            syncs[mode] = sum("synchroniz" in str(w.message) for w in caught)
     diffs = {
         mode: [max(abs(c[k] - p[k]) / max(abs(p[k]), 1e-6) for k in p) for p, c in zip(losses["plain"], losses[mode])]
         for mode in (*args.routes, *reference)
@@ -356,7 +367,7 @@ def run_numerics(args: argparse.Namespace) -> dict[str, Any]:
         "losses": losses,
         "step_seconds": seconds,
         "max_rel_diff_per_step": diffs,
-        "syncs_per_step": syncs,
+        "syncs_per_step": syncs or None,
     }
 
 
@@ -490,7 +501,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--routes",
         default=",".join(COMPILE_KEYS),
         help="compiled routes that the numerics run compares with the plain step: steps (ours, algo.compile_steps), "
-        "losses (SheepRL's algo.compile)",
+        "losses (SheepRL's algo.compile), graph (ours, algo.compile_graph)",
     )
     parser.add_argument("--evaluate", help="the variant whose K=1 run times an evaluation (jepa_steps; tiny: jepa)")
     parser.add_argument("--warmup", type=int, default=None, help="gradient steps before the window (GPU 30, tiny 5)")
@@ -532,7 +543,8 @@ def report(args: argparse.Namespace, results: dict, numerics: dict[str, Any] | N
     text = f"# Throughput ({time.strftime('%Y-%m-%d')})\n\n{environment(args)}\n\n"
     text += table(results, args.eval_every, "cuda" if args.accelerator == "cuda" else "cpu") + "\n"
     if numerics is not None:
-        text += "\nPlain vs compiled steps on one batch (3 steps, same weights and random stream):\n"
+        steps = len(numerics.get("step_seconds", {}).get("plain", ()))
+        text += f"\nPlain vs compiled steps on one batch ({steps} steps, same weights and random stream):\n"
         if "problem" in numerics:
             text += f"- {numerics['problem']}\n"
         for mode, diffs in numerics.get("max_rel_diff_per_step", {}).items():
@@ -544,7 +556,8 @@ def report(args: argparse.Namespace, results: dict, numerics: dict[str, Any] | N
                 + f" (plain: {', '.join(f'{t:.2f}' for t in numerics['step_seconds']['plain'])} s)\n"
             )
         if numerics.get("syncs_per_step") is not None:
-            text += f"Host synchronisations per plain gradient step: {numerics['syncs_per_step']}\n"
+            syncs = ", ".join(f"{mode} {n}" for mode, n in numerics["syncs_per_step"].items())
+            text += f"Host synchronisations per gradient step: {syncs}\n"
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
     raw = {f"{v}_k{k}": rows for (v, k), rows in results.items()} | {"numerics": numerics}

@@ -1,12 +1,22 @@
-"""Vectorised environments for training and evaluation."""
+"""Vectorised environments for training and evaluation, and the player's actions as they take them."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import gymnasium as gym
+import numpy as np
+import torch
 from sheeprl.utils.env import get_vector_env_cls
+from torch import Tensor
+
+
+def render_headless() -> None:
+    """MuJoCo renders through EGL unless told otherwise: no display needed. It picks its backend when dm_control is
+    first imported, so every entry point calls this before anything creates an environment."""
+    os.environ.setdefault("MUJOCO_GL", "egl")
 
 
 def make_vector_env(cfg: dict[str, Any], thunks: Sequence[Callable[[], gym.Env]]) -> gym.vector.VectorEnv:
@@ -14,3 +24,10 @@ def make_vector_env(cfg: dict[str, Any], thunks: Sequence[Callable[[], gym.Env]]
     process: a fork of a process that already renders (EGL) or runs torch threads can deadlock in the child."""
     kwargs = {} if cfg.env.sync_env else {"context": "forkserver"}
     return get_vector_env_cls(cfg.env.sync_env)(list(thunks), **kwargs)
+
+
+def env_actions(actions: Sequence[Tensor], is_continuous: bool) -> np.ndarray:
+    """A player's actions (one tensor per action dimension, one-hot when discrete) as the environments take them."""
+    if is_continuous:
+        return torch.stack(list(actions), dim=-1).cpu().numpy()
+    return torch.stack([a.argmax(dim=-1) for a in actions], dim=-1).cpu().numpy()

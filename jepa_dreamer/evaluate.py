@@ -21,7 +21,7 @@ from sheeprl.algos.dreamer_v3.utils import prepare_obs
 from sheeprl.utils.compile import compiled_player
 from sheeprl.utils.env import get_episode_stats, make_env
 
-from jepa_dreamer.envs import make_vector_env
+from jepa_dreamer.envs import env_actions, make_vector_env
 
 # Evaluation environments are seeded from here on (plus the run's seed), far from the training seeds
 EVAL_SEED_OFFSET = 1_000_000
@@ -105,14 +105,11 @@ class Evaluator:
             discrete_size=cfg.algo.world_model.discrete_size,
         )
         # Compiled like the training player (`algo.compile`), for this evaluator's own number of environments
-        self.player.get_actions = compiled_player(self.player.get_actions, fabric, cfg, cuda_graphs=False)
+        self._get_actions = compiled_player(self.player.get_actions, fabric, cfg, cuda_graphs=False)
 
     def _env_actions(self, obs: dict[str, np.ndarray]) -> np.ndarray:
         torch_obs = prepare_obs(self.fabric, obs, cnn_keys=self.cfg.algo.cnn_keys.encoder, num_envs=self.n_envs)
-        actions = self.player.get_actions(torch_obs, greedy=True)
-        if self.is_continuous:
-            return torch.stack(actions, dim=-1).cpu().numpy()
-        return torch.stack([a.argmax(dim=-1) for a in actions], dim=-1).cpu().numpy()
+        return env_actions(self._get_actions(torch_obs, greedy=True), self.is_continuous)
 
     def evaluate(self, index: int, policy_step: int) -> EvalResult:
         """Evaluation number `index` (1-based): each one resets its environments with seeds of its own."""

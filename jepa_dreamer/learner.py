@@ -1,12 +1,15 @@
 """The models and optimisers of DreamerV3-JEPA and one gradient step on a batch.
 
-Everything DreamerV3 does comes from SheepRL by import (`world_model_loss`, `behaviour_learning`, `update`): the
-only change is the world-model step, whose loss gains `jepa_coef · L_jepa` and which updates the EMA target after
-its optimiser step. With `jepa_coef: 0` no JEPA module exists and the step is SheepRL's.
+Everything DreamerV3 does comes from SheepRL by import (`world_model_loss`, `imagine`, the actor and critic losses,
+`update`): the world-model step's loss gains `jepa_coef · L_jepa` and it updates the EMA target after its optimiser
+step; the behaviour step is SheepRL's without its host synchronisations (`jepa_dreamer/behaviour.py`). With
+`jepa_coef: 0` no JEPA module exists and the world-model step is SheepRL's. With `algo.compile_graph` the same update
+is replayed as one CUDA graph (`jepa_dreamer/graphed.py`).
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -15,14 +18,17 @@ import hydra
 import torch
 from lightning.fabric import Fabric
 from sheeprl.algos.dreamer_v3.agent import PlayerDV3, build_agent
-from sheeprl.algos.dreamer_v3.dreamer_v3 import behaviour_learning, world_model_loss, world_model_loss_kwargs
+from sheeprl.algos.dreamer_v3.dreamer_v3 import world_model_loss, world_model_loss_kwargs
 from sheeprl.algos.dreamer_v3.utils import Moments
 from sheeprl.utils.compile import compiled, mark_gradient_step
 from sheeprl.utils.fabric import autocast_cache_scope, update
-from sheeprl.utils.metric import MetricAggregator
-from torch import Tensor
+from torch import Tensor, nn
 
+from jepa_dreamer.behaviour import behaviour_learning
+from jepa_dreamer.compiled import step_scope, with_compiled_steps
+from jepa_dreamer.graphed import GraphedStep, InPlaceMoments, check_graph_route, make_capturable
 from jepa_dreamer.jepa import JEPAHeads, jepa_loss
+from jepa_dreamer.metrics import MetricMeans
 
 
 def _grad_norm(fabric: Fabric, loss: Tensor, params: Sequence[Tensor]) -> Tensor:
@@ -38,17 +44,6 @@ def _grad_norm(fabric: Fabric, loss: Tensor, params: Sequence[Tensor]) -> Tensor
     return norm
 
 
-def compile_recurrent_steps(rssm: torch.nn.Module) -> None:
-    """Our compiled route (`algo.compile_steps`): `torch.compile` on one step of the posterior unroll and one of the
-    imagination, the loops behind most of a gradient step's ~12.7k kernel launches (docs/PERFORMANCE.md). Two small
-    graphs, each compiled once, where SheepRL's `algo.compile` compiles whole losses with their loops unrolled."""
-    # The encoder-gradient ratio backpropagates through these graphs with retain_graph=True, which a backward that
-    # frees its saved tensors early ("donated buffers") refuses (a Phase 2 run through the sheeprl CLI failed so)
-    torch._functorch.config.donated_buffer = False
-    rssm.dynamic = torch.compile(rssm.dynamic)
-    rssm.imagination = torch.compile(rssm.imagination)
-
-
 class Learner:
     """World model, actor, critic, target critic, their optimisers, the return normaliser and the JEPA heads."""
 
@@ -61,6 +56,8 @@ class Learner:
         is_continuous: bool,
         state: dict[str, Any] | None = None,
     ) -> None:
+        if cfg.algo.compile_graph:
+            check_graph_route(fabric, cfg)
         self.fabric = fabric
         self.cfg = cfg
         self.actions_dim = tuple(int(d) for d in actions_dim)
@@ -81,8 +78,9 @@ class Learner:
             state.get("target_critic"),
         )
         self.player: PlayerDV3
-        if cfg.algo.compile_steps:
-            compile_recurrent_steps(self.world_model.rssm)  # the player has a copy of its own, left eager
+        # What the losses run: the world model itself, or a view of it with compiled recurrent steps (our route)
+        self.stepped_model = with_compiled_steps(self.world_model) if cfg.algo.compile_steps else self.world_model
+        self._step_scope = step_scope if cfg.algo.compile_steps else contextlib.nullcontext
         self.heads: JEPAHeads | None = None
         world_params = list(self.world_model.parameters())
         if self.jepa_coef > 0:
@@ -104,6 +102,8 @@ class Learner:
         for opt, key in zip(optimizers, ("world_optimizer", "actor_optimizer", "critic_optimizer")):
             if key in state:
                 opt.load_state_dict(state[key])
+            if cfg.algo.compile_graph:
+                make_capturable(opt)
         self.world_optimizer, self.actor_optimizer, self.critic_optimizer = fabric.setup_optimizers(*optimizers)
         moments_cfg = cfg.algo.actor.moments
         self.moments = Moments(
@@ -111,16 +111,23 @@ class Learner:
         )
         if "moments" in state:
             self.moments.load_state_dict(state["moments"])
+        # The graph route: the update of `_update` captured once and replayed (its normaliser updated in place)
+        self.graphed: GraphedStep | None = None
+        if cfg.algo.compile_graph:
+            self._in_place_moments = InPlaceMoments(self.moments)
+            self._graph_metrics: list[str] = []
+            self.graphed = GraphedStep(self._graph_update, fabric.device)
         self.gradient_steps = int(state.get("per_rank_gradient_steps", 0))
         # Whether every loss since the start was finite: kept on the device, read once per iteration
         self._finite = torch.ones((), dtype=torch.bool, device=fabric.device)
 
     def world_model_step(
-        self, data: dict[str, Tensor], measure_ratio: bool
+        self, data: dict[str, Tensor], measure_ratio: bool, with_metrics: bool = True
     ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         """One optimiser step of the world model (and of the JEPA heads), then the EMA update of the target.
 
         Args:
+            with_metrics: compute the metrics beyond the losses (entropies, JEPA cosine and target spread).
             measure_ratio: also measure the norm of the encoder's gradient from `jepa_coef · L_jepa` over the one from
                 the DreamerV3 loss (two extra backward passes, so only now and then).
         """
@@ -130,7 +137,7 @@ class Learner:
         mark_gradient_step(fabric, cfg)
         with autocast_cache_scope(fabric):
             dv3_loss, posteriors, recurrent_states, metrics = compiled(world_model_loss, fabric, cfg)(
-                self.world_model, data, **self.wm_kwargs, entropies=not MetricAggregator.disabled
+                self.stepped_model, data, **self.wm_kwargs, entropies=with_metrics
             )
             loss = dv3_loss
             if self.heads is not None:
@@ -146,7 +153,7 @@ class Learner:
                         mlp_keys=self.wm_kwargs["mlp_keys"],
                         erase_frac=float(cfg.algo.jepa_mask.erase_frac),
                         vec_dropout=float(cfg.algo.jepa_mask.vec_dropout),
-                        metrics=not MetricAggregator.disabled,
+                        metrics=with_metrics,
                     )
                 loss = dv3_loss + self.jepa_coef * jepa
                 metrics.update(jepa_metrics)
@@ -172,20 +179,40 @@ class Learner:
             with torch.no_grad():
                 torch._foreach_lerp_(list(self.target_critic.parameters()), list(self.critic.parameters()), tau)
 
-    def train_step(self, data: dict[str, Tensor], aggregator: MetricAggregator | None, measure_ratio: bool) -> None:
-        """One gradient step of DreamerV3-JEPA: target critic, world model (+ JEPA), then actor and critic."""
-        self._update_target_critic()
-        posteriors, recurrent_states, metrics = self.world_model_step(data, measure_ratio)
+    def train_step(self, data: dict[str, Tensor], metrics: MetricMeans | None, measure_ratio: bool) -> None:
+        """One gradient step of DreamerV3-JEPA: target critic, world model (+ JEPA), then actor and critic; the step's
+        metrics go to `metrics` when given."""
+        if measure_ratio and self.graphed is not None:
+            raise ValueError("the graph route (algo.compile_graph) does not measure the encoder-gradient ratio")
+        with self._step_scope():
+            self._update_target_critic()
+            if self.graphed is None:
+                step_metrics = self._update(data, self.moments, measure_ratio, metrics is not None)
+            else:
+                packed = self.graphed(data)
+                # The next replay overwrites the graph's output: one copy keeps this step's values
+                step_metrics = dict(zip(self._graph_metrics, packed.clone())) if metrics is not None else {}
+        if metrics is not None:
+            for name, value in step_metrics.items():
+                metrics.update(name, value)
+        self.gradient_steps += 1
+
+    def _update(
+        self, data: dict[str, Tensor], moments: nn.Module, measure_ratio: bool, with_metrics: bool
+    ) -> dict[str, Tensor]:
+        """The world model's update, then the actor's and the critic's on trajectories imagined from its states; their
+        losses, and the other metrics `with_metrics`. The gradients are cleared at the end."""
+        posteriors, recurrent_states, step_metrics = self.world_model_step(data, measure_ratio, with_metrics)
         behaviour = behaviour_learning(
             self.fabric,
             self.cfg,
-            self.world_model,
+            self.stepped_model,
             self.actor,
             self.critic,
             self.target_critic,
             self.actor_optimizer,
             self.critic_optimizer,
-            self.moments,
+            moments,
             posteriors,
             recurrent_states,
             data["terminated"],
@@ -193,18 +220,22 @@ class Learner:
             self.actions_dim,
         )
         self._finite &= torch.isfinite(behaviour["policy_loss"]) & torch.isfinite(behaviour["value_loss"])
-        if aggregator is not None and not aggregator.disabled:
-            metrics["Loss/policy_loss"] = behaviour["policy_loss"]
-            metrics["Loss/value_loss"] = behaviour["value_loss"]
-            if "actor_grads" in behaviour:
-                metrics["Grads/actor"] = behaviour["actor_grads"]
-            if "critic_grads" in behaviour:
-                metrics["Grads/critic"] = behaviour["critic_grads"]
-            for name, value in metrics.items():
-                aggregator.update(name, value)
+        step_metrics["Loss/policy_loss"] = behaviour["policy_loss"]
+        step_metrics["Loss/value_loss"] = behaviour["value_loss"]
+        if "actor_grads" in behaviour:
+            step_metrics["Grads/actor"] = behaviour["actor_grads"]
+        if "critic_grads" in behaviour:
+            step_metrics["Grads/critic"] = behaviour["critic_grads"]
         for opt in (self.world_optimizer, self.actor_optimizer, self.critic_optimizer):
             opt.zero_grad(set_to_none=True)
-        self.gradient_steps += 1
+        return step_metrics
+
+    def _graph_update(self, data: dict[str, Tensor]) -> Tensor:
+        """The step the graph route captures: `_update` with every metric, which costs nothing once captured, packed
+        into one tensor whose entries `_graph_metrics` names."""
+        step_metrics = self._update(data, self._in_place_moments, measure_ratio=False, with_metrics=True)
+        self._graph_metrics = list(step_metrics)
+        return torch.stack([value.float() for value in step_metrics.values()])
 
     def raise_if_diverged(self, policy_step: int) -> None:
         """Fail fast on a NaN or infinite loss. One host sync, once per iteration (acting syncs there anyway):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import subprocess
@@ -15,30 +14,21 @@ import optuna
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 
 from jepa_dreamer.runner import run
+from jepa_search.experiments import EXPERIMENTS
+from jepa_search.host import WorkerId
+from jepa_search.overrides import trial_overrides
+from jepa_search.progress import Progress
+from jepa_search.results import TrialResult, trial_dir_name
 from jepa_search.sampler import SpaceExhausted
-from jepa_search.settings import EXPERIMENTS, OBJECTIVE_KEYS, SearchSettings, mask_password
+from jepa_search.settings import SearchSettings, mask_password
 from jepa_search.space import CONTROL_PARAMS, is_control, suggest
-from jepa_search.study import COMPILE_ATTR, NOT_TRAINED_ATTR, root_number
-from jepa_search.trial import Trainer, TrialSpec, latest_checkpoint, run_trial, trial_dir_name, trial_overrides
+from jepa_search.study import COMPILE_ATTR, NOT_TRAINED_ATTR, TRIAL_DIR_ATTR, WORKER_ATTR, root_number
+from jepa_search.trial import Trainer, TrialSpec, latest_checkpoint, run_trial
 
 WRAPPER = Path(__file__).resolve().parents[1] / "train_wrapper.py"
 # The child process of --isolation subprocess reads the storage URL from here: it may hold a password, which the
 # spec file on disk must not
 STORAGE_ENV = "JEPA_SEARCH_STORAGE"
-# What each trial keeps in the study (so the artifacts can be rebuilt from the study alone)
-SUMMARY_KEYS = (
-    "seed",
-    "best_eval_return",
-    "best_smoothed_return",
-    "last_eval_return",
-    "evaluations",
-    "steps",
-    "frames",
-    "wall_time_s",
-    "device",
-    "peak_memory_mib",
-    "fail_reason",
-)
 
 
 def _frozen(trial: optuna.Trial) -> optuna.trial.FrozenTrial:
@@ -84,7 +74,7 @@ def make_spec(
     )
 
 
-def run_in_subprocess(spec: TrialSpec, storage: str) -> dict[str, Any]:
+def run_in_subprocess(spec: TrialSpec, storage: str) -> TrialResult:
     """`train_wrapper.py` on the spec; the child reports to the study itself. Returns its `results.json`."""
     folder = Path(spec.trial_dir)
     folder.mkdir(parents=True, exist_ok=True)
@@ -97,10 +87,10 @@ def run_in_subprocess(spec: TrialSpec, storage: str) -> dict[str, Any]:
     results_path = folder / "results.json"
     if not results_path.exists():
         raise RuntimeError(f"train_wrapper.py exited with code {proc.returncode} before writing results.json")
-    results = json.loads(results_path.read_text())
-    if results["state"] == "FAIL":
-        raise RuntimeError(results["fail_reason"] or f"train_wrapper.py exited with code {proc.returncode}")
-    return results
+    result = TrialResult.load(results_path)
+    if result.state == "FAIL":
+        raise RuntimeError(result.fail_reason or f"train_wrapper.py exited with code {proc.returncode}")
+    return result
 
 
 class Objective:
@@ -108,7 +98,7 @@ class Objective:
     those are objectives too); raises `TrialPruned` when pruned. `current` is the number of the trial this process
     is running, so an interrupt can queue it again."""
 
-    def __init__(self, settings: SearchSettings, progress: Callable[[str], None], trainer: Trainer = run) -> None:
+    def __init__(self, settings: SearchSettings, progress: Progress, trainer: Trainer = run) -> None:
         self.settings = settings
         self.progress = progress
         self.trainer = trainer
@@ -116,7 +106,7 @@ class Objective:
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, ...]:
         settings = self.settings
-        self.current = trial.number
+        self.claim(trial)
         control = is_control(trial)
         try:
             params = dict(CONTROL_PARAMS) if control else suggest(trial, settings.space)
@@ -126,29 +116,35 @@ class Objective:
         seed = settings.seed0 + root_number(_frozen(trial))
         spec = make_spec(settings, trial, params, seed, trial_dir_name, settings.trial_steps, prunable=not control)
         label = "the control (plain DreamerV3)" if control else str(params)
-        results = self.train(trial, spec, f"trial {trial.number} started: {label} seed {seed}")
-        if results["state"] == "PRUNED":
-            raise optuna.TrialPruned(f"pruned at evaluation {results['evaluations']}")
-        values = tuple(float(results[OBJECTIVE_KEYS[name]]) for name in settings.objectives)
+        result = self.train(trial, spec, f"trial {trial.number} started: {label} seed {seed}")
+        if result.state == "PRUNED":
+            raise optuna.TrialPruned(f"pruned at evaluation {result.evaluations}")
+        values = tuple(result.value(name) for name in settings.objectives)
         return values if settings.multi_objective else values[0]
 
-    def train(self, trial: optuna.Trial, spec: TrialSpec, started: str) -> dict[str, Any]:
+    def claim(self, trial: optuna.Trial) -> None:
+        """The first thing a trial does: this process runs it, so that an interrupt can queue it again and a rerun
+        after this process died fails it at once instead of waiting out its heartbeats."""
+        self.current = trial.number
+        trial.set_user_attr(WORKER_ATTR, {**WorkerId.current().as_dict(), "trial": trial.number})
+
+    def train(self, trial: optuna.Trial, spec: TrialSpec, started: str) -> TrialResult:
         """Run the spec (in this process or a child) and keep its summary in the trial's user attributes."""
         trial.set_user_attr("seed", spec.seed)
         trial.set_user_attr(COMPILE_ATTR, self.settings.compile)  # its Phase 2 run trains on the same route
-        trial.set_user_attr("trial_dir", os.path.relpath(spec.trial_dir, self.settings.output_dir))
+        trial.set_user_attr(TRIAL_DIR_ATTR, os.path.relpath(spec.trial_dir, self.settings.output_dir))
         self.progress(started)
         try:
             if self.settings.isolation == "subprocess":
-                results = run_in_subprocess(spec, self.settings.storage)
+                result = run_in_subprocess(spec, self.settings.storage)
             else:
-                results = run_trial(spec, trial, self.progress, self.trainer)
+                result = run_trial(spec, trial, self.progress, self.trainer)
         except BaseException as e:
             trial.set_user_attr("fail_reason", f"{type(e).__name__}: {e}"[:1000])
             raise
-        for key in SUMMARY_KEYS:
-            trial.set_user_attr(key, results[key])
-        return results
+        for key, value in result.summary().items():
+            trial.set_user_attr(key, value)
+        return result
 
 
 def not_trained(trial: optuna.Trial, reason: Exception) -> None:

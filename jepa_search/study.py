@@ -6,6 +6,8 @@ machines, with a PostgreSQL URL) can share, and that a new run of the same comma
 
 from __future__ import annotations
 
+import copy
+import datetime
 import functools
 import itertools
 import time
@@ -13,14 +15,18 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback, fail_stale_trials
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import create_engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
+from jepa_search.host import WorkerId
+from jepa_search.results import TrialResult, read_history, trial_dir_name
 from jepa_search.sampler import DistinctSampler
-from jepa_search.settings import SearchSettings, UsageError
-from jepa_search.space import CONTROL_ATTR, is_control
+from jepa_search.settings import SearchSettings, mask_password
+from jepa_search.space import CONTROL_ATTR, configuration, is_control
+from jepa_search.validate import UsageError
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 SETTINGS_ATTR = "settings"
@@ -31,6 +37,11 @@ CONFIRM_STEPS_ATTR = "confirm_steps"
 NOT_TRAINED_ATTR = "not_trained"
 # The compiled route a trial trained with (--compile, resolved on its worker's device)
 COMPILE_ATTR = "compile"
+# The trial's folder, relative to the output folder
+TRIAL_DIR_ATTR = "trial_dir"
+# The process training the trial (`WorkerId`, with the trial's number: a retry inherits its first try's attributes)
+WORKER_ATTR = "worker"
+CLAIM_TIMEOUT_S = 10.0
 
 
 def make_storage(settings: SearchSettings) -> RDBStorage:
@@ -58,10 +69,48 @@ def make_storage(settings: SearchSettings) -> RDBStorage:
 
 def _on_stale(settings: SearchSettings, study: optuna.Study, trial: FrozenTrial) -> None:
     """A trial (or confirmation run) whose worker died: write its results.json (as failed), then queue it again."""
-    from jepa_search.trial import record_stale, trial_dir_name
-
-    record_stale(settings.output_dir / trial.user_attrs.get("trial_dir", trial_dir_name(trial.number)), trial)
+    own = worker_of(trial) is not None  # its attributes are its own, not inherited from an earlier try
+    folder = settings.output_dir / (trial.user_attrs.get(TRIAL_DIR_ATTR) if own else trial_dir_name(trial.number))
+    reason = "its worker stopped (killed?); queued again with the same parameters"
+    history = read_history(folder / "history.csv")
+    folder.mkdir(parents=True, exist_ok=True)
+    seed = trial.user_attrs.get("seed")
+    TrialResult.of(trial.number, configuration(trial), seed, "FAIL", history, fail_reason=reason).save(
+        folder / "results.json"
+    )
     retry_callback(settings)(study, trial)
+
+
+def worker_of(trial: FrozenTrial) -> WorkerId | None:
+    """The process that trains `trial`, when it recorded itself (at the start of the objective)."""
+    worker = trial.user_attrs.get(WORKER_ATTR)
+    if worker is None or worker.get("trial") != trial.number:
+        return None
+    return WorkerId.from_dict(worker)
+
+
+def fail_lost_trials(study: optuna.Study) -> None:
+    """Fail the running trials whose worker is gone, and queue them again (the storage's stale callback): at once
+    when the worker ran on this host and its process no longer exists, or never claimed the trial, else after two
+    missed heartbeats."""
+    storage = study._storage
+    dead = []
+    now = datetime.datetime.now()
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        worker = worker_of(trial)
+        # A live process claims its trial within milliseconds of starting it: one that never did died first
+        unclaimed = worker is None and (now - trial.datetime_start).total_seconds() > CLAIM_TIMEOUT_S
+        if not unclaimed and (worker is None or worker.is_alive()):
+            continue
+        try:
+            if storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
+                dead.append(trial._trial_id)
+        except UpdateFinishedTrialError:
+            pass  # another worker failed it first
+    callback = storage.get_heartbeat_stale_trial_callback()
+    for trial_id in dead:
+        callback(study, copy.deepcopy(storage.get_trial(trial_id)))
+    fail_stale_trials(study)
 
 
 def retry_callback(settings: SearchSettings) -> RetryHeartbeatStaleTrialCallback:
@@ -103,7 +152,7 @@ def check_resumable(settings: SearchSettings) -> None:
     """If the study exists, its stored settings must match (and a confirmation's budget); `--confirm-only` needs it
     to exist. Raises `UsageError` naming the differences. Creates nothing: a missing SQLite file is left missing."""
     missing = UsageError(
-        f"--confirm-only: there is no study {settings.study_name} in {settings.as_dict()['storage']}; run the "
+        f"--confirm-only: there is no study {settings.study_name} in {mask_password(settings.storage)}; run the "
         "search first (the same command without --confirm-only)"
     )
     if settings.storage.startswith("sqlite"):
@@ -113,7 +162,7 @@ def check_resumable(settings: SearchSettings) -> None:
             if settings.confirm_only:
                 raise missing
             return
-    masked = settings.as_dict()["storage"]
+    masked = mask_password(settings.storage)
     try:
         # A plain connection first: Optuna words a refused connection as a failed commit
         with create_engine(settings.storage).connect():

@@ -8,51 +8,54 @@ from __future__ import annotations
 
 from typing import Any
 
+from jepa_search.results import HistoryRow, TrialResult
+
+# What the run's summary keeps of the trial's result
+SUMMARY = (
+    "state",
+    "objective",
+    "best_eval_return",
+    "best_smoothed_return",
+    "steps",
+    "frames",
+    "wall_time_s",
+    "fail_reason",
+)
+
 
 class WandbTrial:
-    """The W&B run of one trial: its evaluation curve, then its final state in the summary."""
+    """The W&B run of one trial: its training metrics and evaluation curve, then its final state in the summary."""
 
-    def __init__(self, project: str, spec: Any) -> None:
+    def __init__(self, project: str, group: str, name: str, folder: str, config: dict[str, Any]) -> None:
         import wandb
 
         self.run = wandb.init(
             project=project,
-            group=spec.study_name,
+            group=group,
             job_type="trial",
-            name=f"trial_{spec.number}",
-            dir=spec.trial_dir,
-            config={"params": spec.params, "fixed": spec.fixed, "seed": spec.seed, "settings": spec.settings},
+            name=name,
+            dir=folder,
+            config=config,
             reinit="create_new",
-            # The trial's output already goes to training.log
+            # The trial's lines already go to training.log
             settings=wandb.Settings(console="off"),
         )
 
-    def log_evaluation(self, row: dict[str, Any]) -> None:
+    def log_training(self, policy_step: int, values: dict[str, float]) -> None:
+        self.run.log(values, step=policy_step)
+
+    def log_evaluation(self, row: HistoryRow) -> None:
         self.run.log(
             {
-                "eval/return": row["eval_return"],
-                "eval/smoothed_return": row["smoothed_return"],
-                "eval/return_std": row["return_std"],
-                "eval/episode_length": row["episode_length"],
-                "eval/index": row["eval_index"],
+                "eval/return": row.eval_return,
+                "eval/smoothed_return": row.smoothed_return,
+                "eval/return_std": row.return_std,
+                "eval/episode_length": row.episode_length,
+                "eval/index": row.eval_index,
             },
-            step=int(row["step"]),
+            step=row.step,
         )
 
-    def finish(self, results: dict[str, Any]) -> None:
-        self.run.summary.update(
-            {
-                k: results[k]
-                for k in (
-                    "state",
-                    "objective",
-                    "best_eval_return",
-                    "best_smoothed_return",
-                    "steps",
-                    "frames",
-                    "wall_time_s",
-                    "fail_reason",
-                )
-            }
-        )
-        self.run.finish(exit_code=1 if results["state"] == "FAIL" else 0)
+    def finish(self, result: TrialResult) -> None:
+        self.run.summary.update({k: getattr(result, k) for k in SUMMARY})
+        self.run.finish(exit_code=1 if result.state == "FAIL" else 0)

@@ -5,40 +5,51 @@ search runs `--trials-per-device` workers on each GPU. Each worker is `search_ph
 (`CUDA_VISIBLE_DEVICES`); they share the study through its storage, as workers started by hand on other machines
 do. Workers start one after the other, each once the previous one holds a trial, so that they do not all take the
 last trials of `--n-trials` at the same moment.
+
+Every process that trains trials registers itself in `<output-dir>/workers/` while it runs. A worker of an earlier
+run of the command that is still alive (its parent was killed) keeps its slot: a rerun starts only the slots that
+no live worker holds, and waits for the others. A slot whose worker dies is started again while the study has work.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import optuna
 from optuna.trial import TrialState
 
+from jepa_search.host import WorkerId
+from jepa_search.progress import WORKER_ENV, Progress
+from jepa_search.sampler import untried_keys
 from jepa_search.settings import SearchSettings
-from jepa_search.study import FINISHED
+from jepa_search.study import FINISHED, fail_lost_trials
 
 SCRIPT = Path(__file__).resolve().parents[1] / "search_phase1.py"
-# What a worker prefixes its progress lines with
-WORKER_ENV = "JEPA_SEARCH_WORKER"
 # A worker that holds no trial after this long (imports, environment checks) no longer delays the next one
 START_TIMEOUT_S = 300.0
+# How often the parent looks at its workers, and says what it waits for
+POLL_S = 1.0
+WAIT_NOTE_S = 60.0
 
 
-def worker_commands(argv: Sequence[str], settings: SearchSettings) -> list[tuple[list[str], dict[str, str]]]:
-    """The command and environment of every worker: this command with one trial at a time and one GPU each."""
+def worker_commands(argv: Sequence[str], settings: SearchSettings) -> dict[str, tuple[list[str], dict[str, str]]]:
+    """The command and environment of every worker slot, by name: this command with one trial at a time and one GPU
+    each."""
     parent_visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     physical = parent_visible.split(",") if parent_visible else None
     # The cores shared among the workers: more torch threads than cores make OpenMP's spinning threads fight over
-    # them (two CPU trials with two threads each on two cores ran 8x slower than one, bench/throughput.py)
+    # them (docs/PERFORMANCE.md)
     share = max(1, (os.cpu_count() or 1) // settings.n_workers)
     threads = str(min(share, int(os.environ.get("OMP_NUM_THREADS") or share)))
-    commands = []
+    commands: dict[str, tuple[list[str], dict[str, str]]] = {}
     for _ in range(settings.trials_per_device):
         for gpu in settings.gpus or (None,):
             name = f"w{len(commands)}" + (f"/gpu{gpu}" if gpu is not None else "")
@@ -47,45 +58,130 @@ def worker_commands(argv: Sequence[str], settings: SearchSettings) -> list[tuple
             if gpu is not None:
                 command += ["--gpus", "0"]
                 env["CUDA_VISIBLE_DEVICES"] = physical[gpu] if physical else str(gpu)
-            commands.append((command, env))
+            commands[name] = (command, env)
     return commands
+
+
+def _registry(settings: SearchSettings) -> Path:
+    return settings.output_dir / "workers"
+
+
+@contextlib.contextmanager
+def registered(settings: SearchSettings) -> Iterator[None]:
+    """This process trains trials of the study while the block runs: a rerun of the command sees it."""
+    me = WorkerId.current()
+    path = _registry(settings) / f"{me.host}.{me.pid}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    name = os.environ.get(WORKER_ENV, "main")
+    path.write_text(json.dumps({"name": name, "study": settings.study_name, **me.as_dict()}))
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def live_workers(settings: SearchSettings) -> dict[str, WorkerId]:
+    """The registered workers of the study on this host that are still alive, by slot name; the files of dead ones
+    are removed."""
+    found = {}
+    for path in _registry(settings).glob("*.json"):
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            entry = json.loads(path.read_text())
+            worker = WorkerId.from_dict(entry)
+            if not worker.is_local() or entry["study"] != settings.study_name:
+                continue
+            if worker.is_alive():
+                found[entry["name"]] = worker
+            else:
+                path.unlink(missing_ok=True)
+    return found
 
 
 def _claimed(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING)))
 
 
-def run_workers(
-    study: optuna.Study, settings: SearchSettings, argv: Sequence[str], progress: Callable[[str], None]
-) -> int:
-    """Start the workers, pass SIGINT/SIGTERM on to them, wait for all; the worst exit code (0 when all are done)."""
-    procs: list[subprocess.Popen] = []
-    stopping = False
+def _has_work(study: optuna.Study, settings: SearchSettings) -> bool:
+    """Whether a new worker would find a trial to train: one is queued, or a configuration is left untried, while
+    the study has fewer than `n_trials` finished (trials that run elsewhere are their workers')."""
+    trials = study.get_trials(deepcopy=False)
+    if sum(t.state in FINISHED for t in trials) >= settings.n_trials:
+        return False
+    return any(t.state == TrialState.WAITING for t in trials) or bool(untried_keys(trials, settings.space))
 
-    def forward(signum: int, frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-        for proc in procs:
+
+class _Supervisor:
+    """The worker slots of this command: starts the ones no live worker holds, passes SIGINT/SIGTERM on to its own
+    workers, and keeps the exit codes."""
+
+    def __init__(self, study: optuna.Study, settings: SearchSettings, argv: Sequence[str], progress: Progress):
+        self.study, self.settings, self.progress = study, settings, progress
+        self.slots = worker_commands(argv, settings)
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.codes: list[int] = []
+        self.stopping = False
+
+    def forward(self, signum: int, frame: object) -> None:
+        self.stopping = True
+        for proc in self.procs.values():
             if proc.poll() is None:
                 proc.send_signal(signum)
 
-    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        for command, env in worker_commands(argv, settings):
-            if stopping:
+    def reap(self) -> None:
+        for name, proc in list(self.procs.items()):
+            if proc.poll() is not None:
+                self.codes.append(proc.returncode)
+                del self.procs[name]
+
+    def start(self, name: str) -> None:
+        """Start the slot's worker, then wait until it holds a trial (or ends, or takes too long)."""
+        command, env = self.slots[name]
+        before = _claimed(self.study)
+        # A session of its own: a Ctrl-C in the terminal reaches the workers once, through `forward`
+        proc = subprocess.Popen(command, env=env, start_new_session=True)
+        self.procs[name] = proc
+        self.progress(f"worker {name} started (pid {proc.pid})")
+        started = time.monotonic()
+        while proc.poll() is None and _claimed(self.study) <= before and not self.stopping:
+            if time.monotonic() - started > START_TIMEOUT_S or before >= self.settings.n_trials:
                 break
-            before = _claimed(study)
-            # A session of its own: a Ctrl-C in the terminal reaches the workers once, through `forward`
-            procs.append(subprocess.Popen(command, env=env, start_new_session=True))
-            progress(f"worker {env[WORKER_ENV]} started (pid {procs[-1].pid})")
-            started = time.monotonic()
-            while procs[-1].poll() is None and _claimed(study) <= before:
-                if time.monotonic() - started > START_TIMEOUT_S or before >= settings.n_trials:
-                    break
-                time.sleep(0.5)
-        codes = [proc.wait() for proc in procs]
+            time.sleep(0.5)
+
+    def run(self) -> int:
+        noted = -float("inf")
+        while True:
+            self.reap()
+            # The trials of a worker that died are queued again: work for a slot of ours
+            fail_lost_trials(self.study)
+            others = live_workers(self.settings)
+            # A worker returns once the study is done (or failed too often, or was interrupted): then no new starts
+            if not self.codes and not self.stopping:
+                for name in self.slots:
+                    if name in self.procs or name in others or self.stopping:
+                        continue
+                    if _has_work(self.study, self.settings):
+                        self.start(name)
+            others = {name: w for name, w in live_workers(self.settings).items() if name not in self.procs}
+            if not self.procs and not others:
+                break
+            if others and time.monotonic() - noted >= WAIT_NOTE_S:
+                held = ", ".join(f"{name} (pid {w.pid})" for name, w in sorted(others.items()))
+                self.progress(f"waiting for the workers of an earlier run, which still train: {held}")
+                noted = time.monotonic()
+            time.sleep(POLL_S)
+        # 130/143 (interrupted) outrank 1 (too many failures), which outranks 0
+        return max(self.codes or [0], key=lambda c: (c in (130, 143), c != 0))
+
+
+def run_workers(study: optuna.Study, settings: SearchSettings, argv: Sequence[str], progress: Progress) -> int:
+    """Run the study's trials in `settings.n_workers` worker processes (with the live workers of an earlier run of
+    the command); the worst exit code (0 when all are done)."""
+    where = f"each of GPUs {','.join(map(str, settings.gpus))}" if settings.gpus else "the CPU"
+    progress(f"{settings.n_workers} workers: {settings.trials_per_device} trial(s) at once on {where}")
+    supervisor = _Supervisor(study, settings, argv, progress)
+    previous = {s: signal.signal(s, supervisor.forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return supervisor.run()
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-    # 130/143 (interrupted) outrank 1 (too many failures), which outranks 0
-    return max(codes, key=lambda c: (c in (130, 143), c != 0))

@@ -1,19 +1,25 @@
 """Configurations shared by the tests."""
 
 import struct
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
+import torch
 from omegaconf import OmegaConf
 from sheeprl.utils.utils import dotdict
 from wandb.proto import wandb_internal_pb2 as pb
 
 from jepa_dreamer.dreamer_v3_jepa import TrainResult
 from jepa_dreamer.evaluate import EvalResult
-from jepa_dreamer.runner import TINY_MODEL_OVERRIDES, compose_config
-from jepa_search.settings import SearchSettings, build_parser, settings_from_args
+from jepa_dreamer.presets import TINY_MODEL_OVERRIDES
+from jepa_dreamer.runner import compose_config
+from jepa_search.parser import build_parser
+from jepa_search.settings import SearchSettings
+from jepa_search.validate import settings_from_args
 
 # A tiny DMC walker run on the CPU: 2 envs, episodes of 100 policy steps, small buffer, no videos
 TINY_RUN = (
@@ -47,8 +53,12 @@ def base_args(tmp_path: Path, *extra: str) -> list[str]:
     ]
 
 
+def settings_from_argv(argv: list[str]) -> SearchSettings:
+    return settings_from_args(build_parser().parse_args(argv))
+
+
 def settings_for(tmp_path: Path, *extra: str) -> SearchSettings:
-    return settings_from_args(build_parser().parse_args(base_args(tmp_path, *extra)))
+    return settings_from_argv(base_args(tmp_path, *extra))
 
 
 # A real small dry-run search: 512-step trials of the tiny model, 2 evaluations of 2 episodes each
@@ -79,6 +89,86 @@ def resolved_cfg(*overrides: str) -> dotdict:
     return dotdict(OmegaConf.to_container(cfg, resolve=True))
 
 
+def synthetic_batch(seed: int, steps: int = 4, batch: int = 2) -> dict[str, torch.Tensor]:
+    """A replay batch of DMC walker pixels, random (zeros hide mistakes), with one terminal step to imagine from."""
+    g = torch.Generator().manual_seed(seed)
+    terminated = torch.zeros(steps, batch, 1)
+    terminated[-1, 0] = 1.0
+    return {
+        "rgb": torch.randint(0, 256, (steps, batch, 3, 64, 64), generator=g).float(),
+        "actions": torch.rand(steps, batch, ACTIONS, generator=g) * 2 - 1,
+        "rewards": torch.rand(steps, batch, 1, generator=g),
+        "terminated": terminated,
+        "truncated": torch.zeros(steps, batch, 1),
+        "is_first": torch.zeros(steps, batch, 1),
+    }
+
+
+def assert_identical(a: Any, b: Any, where: str) -> None:
+    """Tensors bit-equal (same dtype, shape and values), containers alike all the way down."""
+    assert type(a) is type(b), where
+    if isinstance(a, torch.Tensor):
+        assert a.dtype == b.dtype and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for key in a:
+            assert_identical(a[key], b[key], f"{where}[{key!r}]")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_identical(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, where
+
+
+HOST_READS = {"aten::_local_scalar_dense", "aten::equal"}
+# The ops that read a tensor on the host on the CPU only. On CUDA: `one_hot` with `num_classes` skips its range
+# checks, `_assert_async` (multinomial's check of the probabilities) is a device-side assert, the fused Adam kernel
+# reads its step count on the device, and `quantile` checks its `q` only on the CPU
+CPU_ONLY = {"aten::one_hot", "aten::_assert_async", "aten::_fused_adam_", "aten::quantile"}
+# Ops whose output shape depends on the data: no host read on the CPU, a synchronisation on CUDA
+DATA_DEPENDENT_SHAPE = {
+    "aten::nonzero",
+    "aten::masked_select",
+    "aten::_unique2",
+    "aten::unique_dim",
+    "aten::unique_consecutive",
+    "aten::repeat_interleave",
+}
+
+
+def host_reads(events: Any) -> Counter[str]:
+    """The host reads among the profiler's `events`, by the op that made them: the outermost one of `CPU_ONLY`, or
+    `aten::is_nonzero` (a tensor's truth value) with the Python function that asked for it. The profiler records every
+    op, also those that other ops call inside their kernels (e.g. `multinomial`'s `_assert_async`), which a
+    `TorchDispatchMode` does not see."""
+    reads: Counter[str] = Counter()
+    for event in events:
+        if event.name not in HOST_READS:
+            continue
+        origin, parent = event.name, event.cpu_parent
+        while parent is not None:
+            if parent.name in CPU_ONLY:
+                origin = parent.name
+            elif parent.name == "aten::is_nonzero":
+                caller = parent.cpu_parent.name if parent.cpu_parent is not None else "?"
+                origin = f"aten::is_nonzero in {caller.split(': ')[-1]}"
+            parent = parent.cpu_parent
+        reads[origin] += 1
+    return reads
+
+
+def markdown_rows(text: str) -> list[list[str]]:
+    """The body rows of the markdown tables in `text` (each table's header and separator left out), as stripped
+    cells."""
+    rows, position = [], 0
+    for line in text.splitlines():
+        position = position + 1 if line.startswith("|") else 0
+        if position > 2:
+            rows.append([cell.strip() for cell in line.strip().strip("|").split("|")])
+    return rows
+
+
 BLOCK, HEADER = 32768, 7
 
 
@@ -104,7 +194,7 @@ def wandb_records(path: Path) -> Iterator[pb.Record]:
             break
 
 
-def scripted_trainer(cfg, hook, seconds_per_eval: float = 0.0) -> TrainResult:
+def scripted_trainer(cfg, hook, on_log=None, seconds_per_eval: float = 0.0) -> TrainResult:
     """A stand-in for `jepa_dreamer.runner.run` with known returns, growing with `jepa_coef`: the low-coefficient
     trials are the ones to prune. It calls the hook as the real loop does, and stops when the hook says so."""
     import time

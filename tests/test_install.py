@@ -9,6 +9,7 @@ install under test.
 
 import importlib.metadata
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -17,6 +18,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).parents[1]
+# What a copy of the checkout leaves out: environments, builds, caches, runs
+UNTRACKED = (".venv", ".git", "build", "*.egg-info", "__pycache__", "runs", "test_runs", ".whl", ".dmc", ".gl")
 
 # In-process composition; prints where the project and its Hydra plugin were imported from
 COMPOSE = """
@@ -85,6 +88,7 @@ def _fresh_venv(root: Path) -> tuple[Path, dict[str, str]]:
     return venv, env
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("editable", [True, False], ids=["pip_install_-e", "pip_install"])
 def test_sheeprl_finds_exp_dreamer_v3_jepa_from_any_folder_after_pip_install(tmp_path: Path, editable: bool) -> None:
     venv, env = _fresh_venv(tmp_path)
@@ -99,7 +103,14 @@ def test_sheeprl_finds_exp_dreamer_v3_jepa_from_any_folder_after_pip_install(tmp
 
     # No build isolation: it would fetch setuptools from an index; the outer environment's setuptools builds it
     install = [python, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index", "-q"]
-    _run([*install, *(["-e"] if editable else []), str(REPO)], elsewhere, env)
+    if editable:
+        _run([*install, "-e", str(REPO)], elsewhere, env)
+    else:
+        # A regular install builds in the source folder (build/, *.egg-info): a copy keeps the checkout's clean, and
+        # no stale build/lib of an earlier build can end up in the wheel
+        source = tmp_path / "source"
+        shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(*UNTRACKED))
+        _run([*install, str(source)], elsewhere, env)
 
     # Both at once (each spends its time importing torch and SheepRL); `--cfg job`: Hydra prints the composed job
     # config and stops before training

@@ -98,6 +98,7 @@ def _learner(cfg: dotdict, seed: int = 0, precision: str = "32-true") -> Learner
     return Learner(fabric, cfg, OBS_SPACE, (ACTIONS,), is_continuous=True)
 
 
+@pytest.mark.slow
 def test_jepa_coef_zero_is_exactly_sheeprl_world_model_step():
     cfg = resolved_cfg("algo.jepa_coef=0")
     ours, reference = _learner(cfg), _learner(cfg)
@@ -182,9 +183,7 @@ def test_a_non_finite_loss_fails_with_its_step(monkeypatch):
 
 
 class _Capture:
-    """An aggregator that keeps the last value of every metric (the learner calls `update`)."""
-
-    disabled = False
+    """A metrics sink that keeps the last value of every metric (the learner calls `update`)."""
 
     def __init__(self) -> None:
         self.values: dict[str, float] = {}
@@ -193,6 +192,7 @@ class _Capture:
         self.values[name] = float(value)
 
 
+@pytest.mark.slow
 def test_compiled_recurrent_steps_train_like_the_plain_step():
     # Our compiled route (algo.compile_steps) from the same weights and random stream (`fallback_random`: compiled
     # random operators draw what eager ones draw): the same losses, gradient ratio and updated weights. As in

@@ -12,14 +12,17 @@ from types import SimpleNamespace
 import optuna
 import pytest
 
+from jepa_dreamer.presets import COMPILE_KEYS
 from jepa_search.cli import main
-from jepa_search.trial import trial_overrides
-from jepa_search.workers import WORKER_ENV, worker_commands
+from jepa_search.overrides import trial_overrides
+from jepa_search.progress import WORKER_ENV
+from jepa_search.workers import worker_commands
 from tests.helpers import SMALL, base_args, settings_for
 
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_benchmark_runs_on_the_cpu_and_prints_ratios_against_sheeprl(tmp_path):
     import subprocess
 
@@ -59,8 +62,8 @@ def _simulate_gpus(monkeypatch, count: int, gib: int = 80) -> None:
 
 
 def test_compiled_step_is_ours_on_a_gpu_off_on_the_cpu_and_each_route_sets_its_own_key(tmp_path, monkeypatch):
-    # auto: our compiled steps where trials train on a GPU (1.45x the plain step on an H200), the plain step on the
-    # CPU (no faster there, and no compilation)
+    # auto: our compiled steps where trials train on a GPU (the fastest sound route measured there), the plain step
+    # on the CPU (no faster there, and no compilation)
     s = settings_for(tmp_path, "--device", "cpu")
     assert s.compile == "off"
     overrides = trial_overrides(s, {}, 0, tmp_path)
@@ -73,13 +76,16 @@ def test_compiled_step_is_ours_on_a_gpu_off_on_the_cpu_and_each_route_sets_its_o
     assert "algo.compile.enabled=False" in steps and "algo.compile_steps=True" in steps
     losses = trial_overrides(settings_for(tmp_path, "--compile", "losses"), {}, 0, tmp_path)
     assert "algo.compile.enabled=True" in losses and "algo.compile_steps=False" in losses
+    graph = trial_overrides(settings_for(tmp_path, "--compile", "graph"), {}, 0, tmp_path)
+    assert "algo.compile_graph=True" in graph and "algo.compile_steps=False" in graph
 
 
 def test_phase2_command_keeps_the_compiled_route_the_trials_trained_with(tmp_path):
-    from jepa_search.report import phase2_overrides
+    from jepa_search.overrides import phase2_overrides
 
-    settings = settings_for(tmp_path).as_dict()
-    for route, key in (("steps", "algo.compile_steps=True"), ("losses", "algo.compile.enabled=True")):
+    settings = settings_for(tmp_path)
+    for route, key in COMPILE_KEYS.items():
+        key = f"{key}=True"
         assert key in phase2_overrides(settings, {"jepa_coef": 1.0}, route)
     assert not [o for o in phase2_overrides(settings, {"jepa_coef": 1.0}, "off") if "compile" in o]
 
@@ -118,7 +124,7 @@ def test_workers_are_spread_over_the_gpus_named(tmp_path, monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,6")
     monkeypatch.setenv("OMP_NUM_THREADS", "16")
     monkeypatch.setattr(os, "cpu_count", lambda: 8)
-    commands = worker_commands(["--env", "dmc"], s)
+    commands = list(worker_commands(["--env", "dmc"], s).values())
     assert {env["OMP_NUM_THREADS"] for _, env in commands} == {"2"}  # 8 cores shared by 4 workers
     assert s.n_workers == 4 and len(commands) == 4
     assert [env["CUDA_VISIBLE_DEVICES"] for _, env in commands] == ["4", "6", "4", "6"]
@@ -127,6 +133,7 @@ def test_workers_are_spread_over_the_gpus_named(tmp_path, monkeypatch):
         assert command[-4:] == ["--trials-per-device", "1", "--gpus", "0"]
 
 
+@pytest.mark.slow
 def test_two_trials_at_once_on_the_cpu_share_the_study(tmp_path, capfd):
     out = tmp_path / "par"
     argv = [*SMALL, "--pruner", "none", "--n-trials", "2", "--trials-per-device", "2", "--output-dir", str(out)]
@@ -144,6 +151,7 @@ def test_two_trials_at_once_on_the_cpu_share_the_study(tmp_path, capfd):
     assert not list(out.rglob(".*.tmp*"))  # both workers rewrote the artifacts through temporary files
 
 
+@pytest.mark.slow
 def test_launch_count_takes_outermost_operators_and_compiled_kernels(monkeypatch):
     import torch
     import torch._inductor.config as inductor_config

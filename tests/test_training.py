@@ -5,13 +5,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from lightning.fabric import Fabric
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from jepa_dreamer.evaluate import EvalResult
 from jepa_dreamer.learner import Learner
-from jepa_dreamer.runner import compose_config, output_overrides, run
+from jepa_dreamer.presets import output_overrides
+from jepa_dreamer.runner import compose_config, run
 from tests.helpers import ACTIONS, OBS_SPACE, resolved_cfg
 
 
@@ -21,6 +23,7 @@ def _scalars(folder: Path) -> set[str]:
     return set(events.Tags()["scalars"])
 
 
+@pytest.mark.slow
 def test_sheeprl_command_trains_and_evaluates_from_outside_the_repo(tmp_path, tiny_run):
     command = [
         os.path.join(os.path.dirname(sys.executable), "sheeprl"),
@@ -44,6 +47,7 @@ def test_sheeprl_command_trains_and_evaluates_from_outside_the_repo(tmp_path, ti
     assert list((tmp_path / "run").rglob("ckpt_256_0.ckpt"))
 
 
+@pytest.mark.slow
 def test_in_process_run_reports_evaluations_to_the_hook_and_stops_early(tmp_path, tiny_run):
     seen: list[EvalResult] = []
 
@@ -69,6 +73,7 @@ def test_in_process_run_reports_evaluations_to_the_hook_and_stops_early(tmp_path
         assert e.min <= e.mean <= e.max and e.std >= 0 and e.mean > 0
 
 
+@pytest.mark.slow
 def test_resume_restores_jepa_state_and_evaluation_history(tmp_path, tiny_run):
     first = run(
         compose_config(

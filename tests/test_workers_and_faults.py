@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import optuna
@@ -16,11 +17,12 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-from jepa_search.cli import run_search
 from jepa_search.objective import Objective
-from jepa_search.settings import build_parser, settings_from_args
+from jepa_search.parser import build_parser
+from jepa_search.search import run_search
 from jepa_search.space import is_control
 from jepa_search.study import make_storage, open_study
+from jepa_search.validate import settings_from_args
 from tests.helpers import scripted_trainer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -79,6 +81,7 @@ def _make_storage_at_once(settings, barrier) -> None:
     make_storage(settings)
 
 
+@pytest.mark.slow
 def test_workers_started_at_the_same_moment_on_a_new_database_all_open_it(tmp_path):
     # Each creating the tables of the same new SQLite file: all but one find them half made by another
     ctx = multiprocessing.get_context("fork")
@@ -95,6 +98,7 @@ def test_workers_started_at_the_same_moment_on_a_new_database_all_open_it(tmp_pa
         assert [p.exitcode for p in procs] == [0] * 8, f"round {round_}"
 
 
+@pytest.mark.slow
 def test_four_workers_share_one_sqlite_study(tmp_path):
     out = tmp_path / "sqlite"
     argv = _args(out, "--n-trials", "10")
@@ -105,6 +109,7 @@ def test_four_workers_share_one_sqlite_study(tmp_path):
     _check_shared_study(study, out, 10, outputs)
 
 
+@pytest.mark.slow
 def test_four_workers_together_train_every_configuration_once_and_one_control(tmp_path):
     out = tmp_path / "distinct"
     space = tmp_path / "space.yaml"
@@ -175,6 +180,7 @@ def postgres():
         shutil.rmtree(root, ignore_errors=True)
 
 
+@pytest.mark.slow
 def test_four_workers_share_one_postgresql_study(tmp_path, postgres):
     out = tmp_path / "pg"
     argv = _args(out, "--n-trials", "10", "--storage", postgres)
@@ -207,7 +213,7 @@ def test_a_fault_fails_the_trial_is_retried_then_left_failed_and_the_study_goes_
     )
     settings.output_dir.mkdir()
 
-    def faulty(cfg, hook):
+    def faulty(cfg, hook, on_log=None):
         if cfg.algo.jepa_coef == 0.3:
             raise fault
         return scripted_trainer(cfg, hook)
@@ -232,3 +238,43 @@ def test_a_fault_fails_the_trial_is_retried_then_left_failed_and_the_study_goes_
     }
     summary = (settings.output_dir / "SUMMARY.md").read_text()
     assert f"trial {failed[0].number}: {reason}" in summary
+
+
+@pytest.mark.slow
+def test_a_rerun_waits_for_the_live_workers_of_a_killed_parent_instead_of_doubling_them(tmp_path, capfd):
+    # What `kill -9` of a `--trials-per-device 2` search leaves: its two workers, training on; the rerun of the same
+    # command sees them alive in their slots, starts no worker of its own, and returns once the study is done
+    from jepa_search.cli import main
+    from jepa_search.progress import WORKER_ENV
+    from jepa_search.workers import live_workers
+
+    out = tmp_path / "orphans"
+    argv = _args(out, "--n-trials", "6", "--trials-per-device", "2")
+    settings = settings_from_args(build_parser().parse_args(argv))
+    out.mkdir()
+    open_study(settings)
+    orphans = [
+        subprocess.Popen(
+            [sys.executable, "-m", "tests.scripted_worker", *argv],
+            cwd=REPO,
+            env={**os.environ, WORKER_ENV: f"w{i}"},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    deadline = time.monotonic() + 120
+    while len(live_workers(settings)) < 2:
+        assert time.monotonic() < deadline and all(p.poll() is None for p in orphans)
+        time.sleep(0.1)
+    assert main(argv) == 0
+    printed = capfd.readouterr().out
+    assert "waiting for the workers of an earlier run, which still train: w0" in printed
+    assert "worker w0 started" not in printed and "worker w1 started" not in printed
+    for proc in orphans:
+        output = proc.communicate(timeout=60)[0]
+        assert proc.returncode == 0, output[-2000:]
+    study = optuna.load_study(study_name="jepa-phase1-dmc-walker_walk", storage=f"sqlite:///{out}/study.db")
+    assert len(study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))) >= 6
+    assert not live_workers(settings) and not list((out / "workers").glob("*.json"))

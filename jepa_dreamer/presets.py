@@ -1,0 +1,28 @@
+"""Named sets of config keys and overrides that callers of the algorithm use without loading it (no torch here): the
+compiled routes' keys, a model small enough for a CPU, and the outputs of a run under one folder."""
+
+# The compiled routes of a gradient step and the key that turns each on (all off: the plain step). `steps` and `graph`
+# are ours (`jepa_dreamer/compiled.py`, `jepa_dreamer/graphed.py`), `losses` SheepRL's `algo.compile`
+COMPILE_KEYS = {"steps": "algo.compile_steps", "losses": "algo.compile.enabled", "graph": "algo.compile_graph"}
+
+# A model small enough for end-to-end runs on a CPU
+TINY_MODEL_OVERRIDES: tuple[str, ...] = (
+    "algo.dense_units=64",
+    "algo.mlp_layers=1",
+    "algo.world_model.encoder.cnn_channels_multiplier=8",
+    "algo.world_model.recurrent_model.recurrent_state_size=64",
+    "algo.world_model.transition_model.hidden_size=64",
+    "algo.world_model.representation_model.hidden_size=64",
+    "algo.world_model.stochastic_size=8",
+    "algo.world_model.discrete_size=8",
+    "algo.per_rank_batch_size=8",
+    "algo.per_rank_sequence_length=32",
+    "algo.jepa_proj_dim=64",
+    "algo.jepa_hidden=64",
+    "fabric.precision=32-true",
+)
+
+
+def output_overrides(folder: str, run_name: str) -> list[str]:
+    """Overrides that put every output of a run (logs, checkpoints, buffers, videos, configs) under `folder`."""
+    return [f"log_root={folder}", f"run_name={run_name}", "root_dir=."]

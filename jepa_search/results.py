@@ -1,0 +1,152 @@
+"""What a trial leaves behind, typed, each with its file format in one place: the evaluation history
+(`history.csv`, one `HistoryRow` per evaluation) and the result (`results.json`, a `TrialResult`).
+
+The study keeps a summary of every result in the trial's user attributes (`TrialResult.summary`), which is what the
+study-level artifacts are rebuilt from.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+SMOOTHING_WINDOW = 3
+# What each objective of --objectives optimises, and the `TrialResult` field it is read from
+OBJECTIVES: dict[str, tuple[str, str]] = {
+    "return": ("maximize", "objective"),
+    "wall_time": ("minimize", "wall_time_s"),
+    "peak_gpu_memory": ("minimize", "peak_memory_mib"),
+}
+
+
+def trial_dir_name(number: int) -> str:
+    """A search trial's folder in the output folder (a confirmation run's is `confirm/run_<n>`)."""
+    return f"trial_{number}"
+
+
+def smoothed(returns: list[float], window: int = SMOOTHING_WINDOW) -> float:
+    """Mean of the last min(window, k) evaluation returns."""
+    tail = returns[-window:]
+    return sum(tail) / len(tail)
+
+
+@dataclass(frozen=True)
+class HistoryRow:
+    """One evaluation of a trial: a row of its `history.csv`."""
+
+    eval_index: int
+    step: int
+    frames: int
+    eval_return: float
+    smoothed_return: float
+    return_std: float
+    return_min: float
+    return_max: float
+    episode_length: float
+    episodes: int
+
+
+HISTORY_COLUMNS = tuple(f.name for f in fields(HistoryRow))
+
+
+def start_history(path: Path) -> None:
+    with path.open("w", newline="") as f:
+        csv.writer(f).writerow(HISTORY_COLUMNS)
+
+
+def append_history(path: Path, row: HistoryRow) -> None:
+    with path.open("a", newline="") as f:
+        csv.writer(f).writerow(dataclasses.astuple(row))
+
+
+def read_history(path: Path) -> list[HistoryRow]:
+    """The rows of a `history.csv`; none when the trial never evaluated (no file)."""
+    if not path.exists():
+        return []
+    kinds = {f.name: f.type for f in fields(HistoryRow)}
+    with path.open(newline="") as f:
+        return [
+            HistoryRow(**{k: int(float(v)) if kinds[k] == "int" else float(v) for k, v in row.items()})
+            for row in csv.DictReader(f)
+        ]
+
+
+@dataclass(frozen=True)
+class TrialResult:
+    """A trial's (or confirmation run's) `results.json`: what it trained, how it ended and what it scored."""
+
+    number: int
+    params: dict[str, Any]
+    seed: int | None
+    state: str  # COMPLETE, PRUNED or FAIL
+    fixed: dict[str, Any] = field(default_factory=dict)
+    # The search's objective: the best smoothed evaluation return of a complete trial
+    objective: float | None = None
+    best_smoothed_return: float | None = None
+    best_eval_return: float | None = None
+    last_eval_return: float | None = None
+    evaluations: int = 0
+    steps: int = 0
+    frames: int = 0
+    wall_time_s: float | None = None
+    fail_reason: str | None = None
+    device: str | None = None
+    peak_memory_mib: float | None = None
+    # The checkpoint of an earlier try that this one continued from
+    resumed_from: str | None = None
+    overrides: list[str] = field(default_factory=list)
+    settings: dict[str, Any] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def of(
+        cls, number: int, params: dict[str, Any], seed: int | None, state: str, history: list[HistoryRow], **kwargs: Any
+    ) -> TrialResult:
+        """The result of a trial that ended in `state` after the evaluations of `history`."""
+        best = max((r.smoothed_return for r in history), default=None)
+        return cls(
+            number=number,
+            params=params,
+            seed=seed,
+            state=state,
+            objective=best if state == "COMPLETE" else None,
+            best_smoothed_return=best,
+            best_eval_return=max((r.eval_return for r in history), default=None),
+            last_eval_return=history[-1].eval_return if history else None,
+            evaluations=len(history),
+            **{"steps": history[-1].step if history else 0, "frames": history[-1].frames if history else 0, **kwargs},
+        )
+
+    def value(self, objective: str) -> float:
+        """The value of one of --objectives."""
+        return float(getattr(self, OBJECTIVES[objective][1]))
+
+    def summary(self) -> dict[str, Any]:
+        """What the study keeps of the result (user attributes of the trial)."""
+        return {k: getattr(self, k) for k in SUMMARY_KEYS}
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(dataclasses.asdict(self), indent=2))
+
+    @classmethod
+    def load(cls, path: Path) -> TrialResult:
+        return cls(**json.loads(path.read_text()))
+
+
+SUMMARY_KEYS = (
+    "seed",
+    "best_eval_return",
+    "best_smoothed_return",
+    "last_eval_return",
+    "evaluations",
+    "steps",
+    "frames",
+    "wall_time_s",
+    "device",
+    "peak_memory_mib",
+    "fail_reason",
+)
