@@ -7,7 +7,9 @@
 
 import sys
 
-from jepa_search.cli import main
-
 if __name__ == "__main__":
+    # Imported here: the fork server of the environment processes imports this file again (as `__mp_main__`) and
+    # needs none of the search
+    from jepa_search.cli import main
+
     sys.exit(main())

@@ -237,7 +237,8 @@ def run_worker(args: argparse.Namespace) -> dict[str, Any]:
     _wrap(Evaluator, "__init__", after=lambda evaluator, *a, **kw: setattr(meter, "evaluator", evaluator))
 
     exp, overrides = overrides_for(args.worker, args.tiny, args.accelerator, args.seed, Path(args.log_root))
-    cfg = compose_config(overrides, exp=exp)
+    # Our runner gives torch `num_threads` threads; SheepRL's loop keeps the ones set above: the same for both
+    cfg = compose_config([*overrides, f"num_threads={args.threads}"], exp=exp)
     # The dispatcher sees a compiled step's operators only where it falls back to eager, a replayed graph's none:
     # plain steps only
     meter.count_ops = not any(OmegaConf.select(cfg, key, default=False) for key in COMPILE_KEYS.values())

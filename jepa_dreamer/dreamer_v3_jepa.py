@@ -206,6 +206,7 @@ def train(
     result = TrainResult(log_dir, evaluations=[EvalResult.from_dict(d) for d in state.get("evaluations", [])])
     env_loop = EnvLoop(fabric, cfg, log_dir)
     evaluator: Evaluator | None = None
+    status = "failed"
     try:
         learner = Learner(
             fabric, cfg, env_loop.envs.single_observation_space, env_loop.actions_dim, env_loop.is_continuous, state
@@ -263,12 +264,13 @@ def train(
                 _save_checkpoint(fabric, cfg, log_dir, learner, schedule, rb, iter_num, policy_step, result)
         result.policy_steps = policy_step
         result.gradient_steps = learner.gradient_steps
+        status = "success"
     finally:
         env_loop.close()
         if evaluator is not None:
             evaluator.close()
         if logger is not None:
-            logger.finalize("success")
+            logger.finalize(status)
     result.seconds = time.perf_counter() - started
     return result
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -19,11 +20,20 @@ def render_headless() -> None:
     os.environ.setdefault("MUJOCO_GL", "egl")
 
 
+# What the fork server imports once for every environment process it starts: unpickling SheepRL's `make_env` thunk
+# imports SheepRL (and torch and every algorithm with it), seconds of CPU per process. Not dm_control: importing it
+# opens an EGL display (MUJOCO_GL=egl), which a fork must not copy
+FORKSERVER_PRELOAD = ("sheeprl.utils.env",)
+
+
 def make_vector_env(cfg: dict[str, Any], thunks: Sequence[Callable[[], gym.Env]]) -> gym.vector.VectorEnv:
     """SheepRL's vector env (`env.sync_env`). Parallel environments start from a fork server, not by forking this
     process: a fork of a process that already renders (EGL) or runs torch threads can deadlock in the child."""
-    kwargs = {} if cfg.env.sync_env else {"context": "forkserver"}
-    return get_vector_env_cls(cfg.env.sync_env)(list(thunks), **kwargs)
+    if cfg.env.sync_env:
+        return get_vector_env_cls(True)(list(thunks))
+    # Taken when the fork server starts (the first parallel env of the process); `__main__` is multiprocessing's own
+    multiprocessing.get_context("forkserver").set_forkserver_preload(["__main__", *FORKSERVER_PRELOAD])
+    return get_vector_env_cls(False)(list(thunks), context="forkserver")
 
 
 def env_actions(actions: Sequence[Tensor], is_continuous: bool) -> np.ndarray:

@@ -44,23 +44,29 @@ def process_settings(cfg: dotdict) -> Iterator[None]:
     cudnn = torch.backends.cudnn
     saved = (
         os.environ.get("OMP_NUM_THREADS"),
+        torch.get_num_threads(),
         torch.get_float32_matmul_precision(),
         Distribution._validate_args,
         cudnn.benchmark,
         cudnn.deterministic,
     )
+    # SheepRL's launcher sets only the variable, which torch has read already: its threads are set here. One by
+    # default, which leaves the other cores to the environment processes (torch's own default, a thread per core,
+    # makes OpenMP's spinning threads fight them)
     os.environ["OMP_NUM_THREADS"] = str(cfg.num_threads)
+    torch.set_num_threads(int(cfg.num_threads))
     torch.set_float32_matmul_precision(cfg.float32_matmul_precision)
     Distribution.set_default_validate_args(cfg.distribution.validate_args)
     cudnn.benchmark, cudnn.deterministic = cfg.torch_backends_cudnn_benchmark, cfg.torch_backends_cudnn_deterministic
     try:
         yield
     finally:
-        threads, precision, validate, cudnn.benchmark, cudnn.deterministic = saved
+        threads, torch_threads, precision, validate, cudnn.benchmark, cudnn.deterministic = saved
         if threads is None:
             os.environ.pop("OMP_NUM_THREADS", None)
         else:
             os.environ["OMP_NUM_THREADS"] = threads
+        torch.set_num_threads(torch_threads)
         torch.set_float32_matmul_precision(precision)
         Distribution.set_default_validate_args(validate)
 

@@ -21,7 +21,7 @@ DRY_RUN_OVERRIDES = (
     "env.action_repeat=1",
     "env.max_episode_steps=100",
     "algo.learning_starts=256",
-    "algo.replay_ratio=0.05",
+    "algo.replay_ratio=0.02",
     "buffer.size=4096",
     "metric.log_every=500",
 )

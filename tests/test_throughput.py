@@ -28,20 +28,24 @@ def test_benchmark_runs_on_the_cpu_and_prints_ratios_against_sheeprl(tmp_path):
 
     out = tmp_path / "throughput.md"
     command = [sys.executable, str(REPO / "bench" / "throughput.py"), "--tiny"]
-    command += ["--window", "6", "--warmup", "3", "--out", str(out)]
+    command += ["--runs", "sheeprl,jepa,jepa*2", "--window", "4", "--warmup", "3", "--out", str(out)]
     subprocess.run(command, check=True, timeout=900, env={**os.environ, "MUJOCO_GL": "egl"})
     runs = json.loads(out.with_suffix(".json").read_text())
     assert runs.pop("numerics") is None  # not asked for
-    assert set(runs) == {"sheeprl_k1", "jepa0_k1", "jepa_k1", "jepa_k2"}
+    assert set(runs) == {"sheeprl_k1", "jepa_k1", "jepa_k2"}
     for name, rows in runs.items():
         assert len(rows) == int(name[-1])
         for row in rows:
             assert "problem" not in row, row
-            assert row["grad_steps_per_s"] > 0 and row["policy_steps_per_s"] > 0 and row["window_s"] >= 6
-    # Operators of one plain step, counted through the dispatcher: ours without JEPA adds none to SheepRL's step
+            assert row["grad_steps_per_s"] > 0 and row["policy_steps_per_s"] > 0 and row["window_s"] >= 4
+    # Operators of one plain step, counted through the dispatcher: the JEPA loss adds a few batched ones to SheepRL's
+    # step (tests/test_jepa.py proves the step without it is SheepRL's)
     kernels = {name: rows[0]["kernels_per_step"] for name, rows in runs.items()}
-    assert 1000 < kernels["jepa0_k1"] <= kernels["sheeprl_k1"] * 1.01 < kernels["jepa_k1"]
-    assert all(rows[0]["syncs_per_step"] is not None for rows in runs.values())
+    assert 1000 < kernels["sheeprl_k1"] < kernels["jepa_k1"] < kernels["sheeprl_k1"] * 1.1
+    # Host reads of one step (on the CPU most are checks CUDA leaves to the device): ours drops at least SheepRL's
+    # `if actor_grads:` and `if critic_grads:` (jepa_dreamer/behaviour.py)
+    syncs = {name: rows[0]["syncs_per_step"] for name, rows in runs.items()}
+    assert 0 < syncs["jepa_k1"] <= syncs["sheeprl_k1"] - 2, syncs
     # Our runs also timed one evaluation; SheepRL's loop has none
     assert runs["sheeprl_k1"][0]["eval_s"] is None and runs["jepa_k1"][0]["eval_s"] > 0
     lines = out.read_text().splitlines()
