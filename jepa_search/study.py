@@ -18,7 +18,8 @@ import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback, fail_stale_trials
 from optuna.trial import FrozenTrial, TrialState
-from sqlalchemy import create_engine
+from sqlalchemy import create_engine, event
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from jepa_search.host import WorkerId
@@ -39,6 +40,8 @@ NOT_TRAINED_ATTR = "not_trained"
 COMPILE_ATTR = "compile"
 # The trial's folder, relative to the output folder
 TRIAL_DIR_ATTR = "trial_dir"
+# The checkpoint of an earlier try that the trial continues from (None: it trains from scratch)
+RESUMED_ATTR = "resumed_from"
 # The process training the trial (`WorkerId`, with the trial's number: a retry inherits its first try's attributes)
 WORKER_ATTR = "worker"
 CLAIM_TIMEOUT_S = 10.0
@@ -48,23 +51,35 @@ def make_storage(settings: SearchSettings) -> RDBStorage:
     """An RDB storage whose running trials send heartbeats: a trial whose process died is failed after two missed
     beats by the next worker that starts a trial, and re-queued with the same parameters (up to `max_retries`)."""
     sqlite = settings.storage.startswith("sqlite")
-    # SQLite: wait for the write lock instead of failing with "database is locked" when several workers share it
-    engine_kwargs: dict[str, Any] = {"connect_args": {"timeout": 60}} if sqlite else {"pool_pre_ping": True}
+    # SQLite: wait for the write lock instead of failing with "database is locked" when several workers share it;
+    # transactions are begun by `_begin_immediate`, not by the driver
+    engine_kwargs: dict[str, Any] = (
+        {"connect_args": {"timeout": 60, "isolation_level": None}} if sqlite else {"pool_pre_ping": True}
+    )
     for attempt in itertools.count(1):
         try:
-            return RDBStorage(
+            storage = RDBStorage(
                 settings.storage,
                 engine_kwargs=engine_kwargs,
                 heartbeat_interval=settings.heartbeat_interval,
                 grace_period=2 * settings.heartbeat_interval,
                 heartbeat_stale_trial_callback=functools.partial(_on_stale, settings),
             )
+            if sqlite:
+                event.listen(storage.engine, "begin", _begin_immediate)
+            return storage
         except SQLAlchemyError as e:
             # Workers started together on a new database race to create its tables ("table ... already exists") and
             # to stamp its schema version (a unique row): the losers find both made at their next try
             if attempt == 3 or not (isinstance(e, IntegrityError) or "already exists" in str(e)):
                 raise
             time.sleep(0.5)
+
+
+def _begin_immediate(connection: Connection) -> None:
+    """Each SQLite transaction takes the write lock as it begins. The driver would begin it only at the first update,
+    after the reads: two workers could then both read a queued trial as WAITING and both take it."""
+    connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def _on_stale(settings: SearchSettings, study: optuna.Study, trial: FrozenTrial) -> None:
@@ -75,9 +90,10 @@ def _on_stale(settings: SearchSettings, study: optuna.Study, trial: FrozenTrial)
     history = read_history(folder / "history.csv")
     folder.mkdir(parents=True, exist_ok=True)
     seed = trial.user_attrs.get("seed")
-    TrialResult.of(trial.number, configuration(trial), seed, "FAIL", history, fail_reason=reason).save(
-        folder / "results.json"
-    )
+    resumed = trial.user_attrs.get(RESUMED_ATTR) if own else None
+    TrialResult.of(
+        trial.number, configuration(trial), seed, "FAIL", history, fail_reason=reason, resumed_from=resumed
+    ).save(folder / "results.json")
     retry_callback(settings)(study, trial)
 
 

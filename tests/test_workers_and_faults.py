@@ -98,6 +98,41 @@ def test_workers_started_at_the_same_moment_on_a_new_database_all_open_it(tmp_pa
         assert [p.exitcode for p in procs] == [0] * 8, f"round {round_}"
 
 
+# A worker taking queued trials from the study as fast as it can, once every worker is ready; prints their numbers
+TAKE_QUEUED = """
+import sys, time
+import optuna
+from jepa_search.parser import build_parser
+from jepa_search.study import make_storage
+from jepa_search.validate import settings_from_args
+
+optuna.logging.set_verbosity(optuna.logging.ERROR)
+settings = settings_from_args(build_parser().parse_args(sys.argv[2:]))
+study = optuna.load_study(study_name=settings.study_name, storage=make_storage(settings))
+while time.time() < float(sys.argv[1]):
+    time.sleep(0.001)
+print([study.ask().number for _ in range(15)])
+"""
+
+
+def test_workers_taking_queued_trials_at_the_same_moment_never_take_the_same_one(tmp_path):
+    # The control and every retry are queued (WAITING): two workers that both took one would train it twice
+    argv = _args(tmp_path / "queue")
+    (tmp_path / "queue").mkdir()
+    settings = settings_from_args(build_parser().parse_args(argv))
+    study = open_study(settings)  # queues the control (trial 0)
+    for i in range(1, 30):
+        study.enqueue_trial({}, user_attrs={"queued": i})
+    start = str(time.time() + 3)
+    procs = [
+        subprocess.Popen([sys.executable, "-c", TAKE_QUEUED, start, *argv], cwd=REPO, stdout=subprocess.PIPE, text=True)
+        for _ in range(WORKERS)
+    ]
+    taken = [n for p in procs for n in json.loads(p.communicate(timeout=120)[0])]
+    assert all(p.returncode == 0 for p in procs)
+    assert len(taken) == len(set(taken)) == 15 * WORKERS and set(range(30)) <= set(taken)
+
+
 @pytest.mark.slow
 def test_four_workers_share_one_sqlite_study(tmp_path):
     out = tmp_path / "sqlite"
