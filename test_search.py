@@ -98,7 +98,7 @@ def test_readme_quick_check_trains_four_trials_and_writes_every_file(seed_search
         assert ("Loss/jepa_loss" in scalars) != is_control(t)
     for name in ("results.csv", "topk.json", "best_config.yaml", "SUMMARY.md"):
         assert (seed_search / name).stat().st_size > 0
-    assert "4/4 finished" in (seed_search / "search.log").read_text()
+    assert "finished 4/4 (" in (seed_search / "search.log").read_text()
 
 
 def test_training_log_has_every_interval_and_evaluation_and_no_warning(seed_search):

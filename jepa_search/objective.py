@@ -22,7 +22,14 @@ from jepa_search.results import TrialResult, trial_dir_name
 from jepa_search.sampler import SpaceExhausted
 from jepa_search.settings import SearchSettings, mask_password
 from jepa_search.space import CONTROL_PARAMS, is_control, suggest
-from jepa_search.study import COMPILE_ATTR, NOT_TRAINED_ATTR, TRIAL_DIR_ATTR, WORKER_ATTR, root_number
+from jepa_search.study import (
+    COMPILE_ATTR,
+    NOT_TRAINED_ATTR,
+    RESUMED_ATTR,
+    TRIAL_DIR_ATTR,
+    WORKER_ATTR,
+    root_number,
+)
 from jepa_search.trial import Trainer, TrialSpec, latest_checkpoint, run_trial
 
 WRAPPER = Path(__file__).resolve().parents[1] / "train_wrapper.py"
@@ -133,6 +140,7 @@ class Objective:
         trial.set_user_attr("seed", spec.seed)
         trial.set_user_attr(COMPILE_ATTR, self.settings.compile)  # its Phase 2 run trains on the same route
         trial.set_user_attr(TRIAL_DIR_ATTR, os.path.relpath(spec.trial_dir, self.settings.output_dir))
+        trial.set_user_attr(RESUMED_ATTR, spec.resume_from)
         self.progress(started)
         try:
             if self.settings.isolation == "subprocess":
