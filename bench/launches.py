@@ -90,8 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     routes = [r for r in args.routes.split(",") if r]
     if not set(routes) <= {"steps", "graph"}:
         parser.error(f"--routes {args.routes}: choose from steps, graph")
-    inductor_config.cpp.enable_kernel_profile = True
-    counts = {route: measure(route, args) for route in ("plain", *routes)}
+    with inductor_config.patch({"cpp.enable_kernel_profile": True}):
+        counts = {route: measure(route, args) for route in ("plain", *routes)}
     fewer = ", ".join(f"{r} {counts[r]} ({counts['plain'] / counts[r]:.2f}x fewer)" for r in routes)
     model = "tiny" if args.tiny else "model S"
     print(f"launches per gradient step ({model}, {args.accelerator}): plain {counts['plain']}, {fewer}")

@@ -323,7 +323,7 @@ def run_numerics(args: argparse.Namespace) -> dict[str, Any]:
     from jepa_dreamer.graphed import WARMUP_STEPS
     from jepa_dreamer.runner import compose_config
 
-    inductor_config.fallback_random = True
+    _PROCESS.enter_context(inductor_config.patch(fallback_random=True))
     torch.set_num_threads(args.threads or 2)
 
     class Capture:
