@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from lightning.fabric import Fabric
 from lightning.fabric.loggers import Logger
+from lightning.fabric.utilities.cloud_io import get_filesystem
 from sheeprl.algos.dreamer_v2.utils import env_buffer_size, sample_batches
 from sheeprl.data.buffers import EnvIndependentReplayBuffer, SequentialReplayBuffer
 from sheeprl.utils import fs
@@ -105,7 +106,14 @@ def _open_log_dir(fabric: Fabric, cfg: dict[str, Any]) -> tuple[str, Logger | No
     logger = get_logger(fabric, cfg) if fabric.is_global_zero else None
     if logger is not None:
         logger.log_hyperparams(cfg)
-    log_dir = get_log_dir(fabric, cfg.root_dir, cfg.run_name, log_root=cfg.log_root)
+        # The logger's version folder: SheepRL's get_log_dir, which looks at the loggers of Fabric (the logger is
+        # ours), would number a second one
+        log_dir = logger.log_dir
+    else:
+        # get_log_dir numbers the versions in the run's folder, and warns when there is no such folder yet
+        save_dir = fs.join(cfg.log_root, cfg.root_dir, cfg.run_name)
+        get_filesystem(save_dir).makedirs(save_dir, exist_ok=True)
+        log_dir = get_log_dir(fabric, cfg.root_dir, cfg.run_name, log_root=cfg.log_root)
     if fabric.is_global_zero:
         save_configs(cfg, log_dir)
     return log_dir, logger

@@ -55,8 +55,10 @@ def make_spec(
     continues from the newest checkpoint of the earlier tries of its configuration."""
     folder = settings.output_dir / folder_name(trial.number)
     overrides = trial_overrides(settings, params, seed, folder, steps)
-    earlier = RetryHeartbeatStaleTrialCallback.retry_history(_frozen(trial))
-    checkpoint = latest_checkpoint([settings.output_dir / folder_name(n) for n in earlier])
+    earlier = [
+        settings.output_dir / folder_name(n) for n in RetryHeartbeatStaleTrialCallback.retry_history(_frozen(trial))
+    ]
+    checkpoint = latest_checkpoint(earlier)
     if checkpoint is not None:
         overrides.append(f"checkpoint.resume_from={checkpoint}")
     return TrialSpec(
@@ -74,6 +76,7 @@ def make_spec(
         exp=EXPERIMENTS[settings.env],
         settings=settings.as_dict(),
         resume_from=str(checkpoint) if checkpoint is not None else None,
+        earlier_tries=[str(folder) for folder in earlier],
         steps=steps,
         # Optuna takes intermediate values (and prunes) in single-objective studies only
         report=len(trial.study.directions) == 1,

@@ -56,6 +56,8 @@ class TrialSpec:
     settings: dict[str, Any] = field(default_factory=dict)
     # The checkpoint of an earlier try of this configuration that this one continues from
     resume_from: str | None = None
+    # The folders of the earlier tries of this configuration (oldest first)
+    earlier_tries: list[str] = field(default_factory=list)
     # The run's budget in policy steps
     steps: int = 0
     # Report the smoothed returns to Optuna (not possible in a multi-objective study), and let the pruner stop the
@@ -250,9 +252,9 @@ def run_trial(spec: TrialSpec, trial: optuna.Trial, progress: Progress, trainer:
             log.info(f"trial {spec.number} {state.lower()}: {result.evaluations} evaluations, {result.steps} steps")
             if tracker is not None:
                 tracker.finish(result)
-            # A failed try keeps its checkpoint and buffer: its retry continues from them
+            # A failed try keeps its checkpoint and buffer: its retry continues from them. Once the configuration
+            # is finished, no try of it needs them
             if state != "FAIL":
-                _remove_training_state(folder)
-                if spec.resume_from:
-                    _remove_training_state(Path(spec.resume_from).parents[3])
+                for path in (folder, *map(Path, spec.earlier_tries)):
+                    _remove_training_state(path)
     return result
