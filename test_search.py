@@ -1,7 +1,7 @@
 """The search end to end, for real: tiny DreamerV3-JEPA models trained on DMC walker from pixels, the way a user runs
-it. Each real path runs once: the README's quick check (in-process workers, W&B offline, TensorBoard), shared by the
-tests that only read it; a compiled-route search and its Phase 2 commands; a subprocess trial; a confirmation; kills
-and reruns; two workers; Atari.
+it. Each real path runs once: the README's quick check (in-process trials, W&B offline, TensorBoard), shared by the
+tests that only read it, and its Phase 2 command; a trial in a subprocess on the compiled route and its Phase 2
+command; a confirmation; kills and reruns; Atari.
 
 Run with `python test_search.py` or under pytest (`-m "not slow"` leaves these out). The search's logic without
 training is in tests/test_scripted_search.py, its settings in tests/test_settings.py.
@@ -48,15 +48,28 @@ def _readme_quick_check() -> list[str]:
     return shlex.split(block.replace("\\\n", " "))
 
 
+# The quick check's budget here: trials of 512 steps with their one evaluation at the end, instead of 2000 (the
+# command as the README has it is timed in docs/PERFORMANCE.md)
+QUICK_CHECK_BUDGET = {"--full-steps": "5120", "--eval-every": "512"}
+
+
+def _quick_check_argv(out: Path) -> list[str]:
+    """The README's quick check command's arguments, with the tests' budget and output folder."""
+    argv = _readme_quick_check()[2:]
+    for flag, value in {**QUICK_CHECK_BUDGET, "--output-dir": str(out)}.items():
+        argv[argv.index(flag) + 1] = value
+    return argv
+
+
 @pytest.fixture(scope="module")
 def seed_search(tmp_path_factory) -> Path:
-    """The README's quick check (the seed's dry run: 4 real trials of 2000 steps), run as the README says, with
-    TensorBoard and W&B (offline) on; shared by the tests that only read it (copy it before changing it)."""
+    """The README's quick check (the seed's dry run: 4 real trials), run as a command as the README says, with the
+    tests' budget and TensorBoard and W&B (offline) on; shared by the tests that only read it (copy it before
+    changing it)."""
     command = _readme_quick_check()
     assert command[:2] == ["python", "search_phase1.py"] and "--dry-run" in command
     out = tmp_path_factory.mktemp("seed") / "test_runs"
-    command = [sys.executable, *command[1:], "--tensorboard", "--wandb-project", "jepa"]
-    command[command.index("--output-dir") + 1] = str(out)
+    command = [sys.executable, command[1], *_quick_check_argv(out), "--tensorboard", "--wandb-project", "jepa"]
     started = time.perf_counter()
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=1200)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -85,9 +98,9 @@ def test_readme_quick_check_trains_four_trials_and_writes_every_file(seed_search
         results = json.loads((folder / "results.json").read_text())
         history = pd.read_csv(folder / "history.csv")
         assert tuple(history.columns) == HISTORY_COLUMNS
-        assert list(history["step"]) == [2000] and results["steps"] == 2000
+        assert list(history["step"]) == [512] and results["steps"] == 512
         assert results["state"] == t.state.name and results["seed"] == t.number  # --seed0 0
-        assert results["params"] == configuration(t) and results["frames"] == 2000  # a dry run has no action repeat
+        assert results["params"] == configuration(t) and results["frames"] == 512  # a dry run has no action repeat
         assert results["best_eval_return"] == history["eval_return"].max() > 0
         assert results["versions"]["sheeprl"] == "0.8.4" and results["versions"]["git_commit"]
         if t.state == optuna.trial.TrialState.COMPLETE:
@@ -96,6 +109,9 @@ def test_readme_quick_check_trains_four_trials_and_writes_every_file(seed_search
         scalars = tensorboard_scalars(folder)
         assert {"Eval/return_mean", "Loss/world_model_loss", "Time/policy_steps_per_s"} <= scalars
         assert ("Loss/jepa_loss" in scalars) != is_control(t)
+        # One run folder: TensorBoard's events beside the run's config
+        assert [p.name for p in (folder / "run").iterdir()] == ["version_0"]
+        assert (folder / "run" / "version_0" / "config.yaml").exists()
     for name in ("results.csv", "topk.json", "best_config.yaml", "SUMMARY.md"):
         assert (seed_search / name).stat().st_size > 0
     assert "finished 4/4 (" in (seed_search / "search.log").read_text()
@@ -105,14 +121,15 @@ def test_training_log_has_every_interval_and_evaluation_and_no_warning(seed_sear
     for t in _study(seed_search).get_trials():
         log = (seed_search / f"trial_{t.number}" / "training.log").read_text()
         intervals = [line for line in log.splitlines() if " gradient steps | " in line]
-        # metric.log_every 500 in a dry run: steps 500, 1000, 1500, 2000
-        assert [int(line.split(" step ")[1].split("/")[0]) for line in intervals] == [500, 1000, 1500, 2000], log
-        for line in intervals[1:]:  # training starts at step 256
-            assert "policy steps/s" in line and "gradient steps/s" in line and "episodes: return" in line
+        # metric.log_every 500 in a dry run, and the last step; training starts at step 256
+        assert [int(line.split(" step ")[1].split("/")[0]) for line in intervals] == [500, 512], log
+        assert "episodes: return" in intervals[0]  # episodes of 100 steps: none ends between 500 and 512
+        for line in intervals:
+            assert "policy steps/s" in line and "gradient steps/s" in line
             assert "Loss/world_model_loss=" in line and "Loss/policy_loss=" in line and "Loss/value_loss=" in line
             assert ("JEPA/target_std=" in line and "Loss/jepa_loss=" in line) != is_control(t)
-        assert "Eval 1 at policy_step=2000: playing 3 greedy episodes" in log
-        assert "Eval 1 at policy_step=2000: return " in log and "over 3 episodes (" in log
+        assert "Eval 1 at policy_step=512: playing 3 greedy episodes" in log
+        assert "Eval 1 at policy_step=512: return " in log and "over 3 episodes (" in log
         assert f"trial {t.number} complete" in log or f"trial {t.number} pruned" in log
         assert "WARNING" not in log and "Warning" not in log, log
 
@@ -150,8 +167,8 @@ def test_wandb_offline_holds_one_run_per_trial_with_its_training_metrics_and_eva
         assert [c["eval/smoothed_return"] for c in curve] == pytest.approx(list(history["smoothed_return"]))
         # The values of training.log's interval lines, at the same policy steps
         training = [row for row in logged if "Time/policy_steps_per_s" in row]
-        assert [row["_step"] for row in training] == [500, 1000, 1500, 2000]
-        assert all("Loss/world_model_loss" in row for row in training[1:])
+        assert [row["_step"] for row in training] == [500, 512]
+        assert all("Loss/world_model_loss" in row for row in training)
         summary = {}
         for r in records:
             if r.WhichOneof("record_type") == "summary":
@@ -178,7 +195,7 @@ def test_study_artifacts_match_the_trials_and_are_rebuilt_by_report_only(seed_se
     for group in ([r for r in top if not r["pruned"]], [r for r in top if r["pruned"]]):
         assert [r["objective"] for r in group] == sorted((r["objective"] for r in group), reverse=True)
     best = yaml.safe_load((out / "best_config.yaml").read_text())
-    assert best["algo"]["jepa_coef"] == top[0]["params"]["jepa_coef"] and best["algo"]["total_steps"] == 20000
+    assert best["algo"]["jepa_coef"] == top[0]["params"]["jepa_coef"] and best["algo"]["total_steps"] == 5120
     summary = (out / "SUMMARY.md").read_text()
     assert "Dry run" in summary and "Too few finished trials" in summary and top[0]["phase2_command"] in summary
     ranks = [row[0] for row in markdown_rows(summary.split("## Top configurations")[1].split("## ")[0])]
@@ -196,8 +213,7 @@ def test_study_artifacts_match_the_trials_and_are_rebuilt_by_report_only(seed_se
 
 def test_rerun_adds_nothing_and_a_higher_n_trials_adds_the_difference(seed_search, tmp_path):
     out = _copy(seed_search, tmp_path)
-    argv = _readme_quick_check()[2:]
-    argv[argv.index("--output-dir") + 1] = str(out)
+    argv = _quick_check_argv(out)
     assert main(argv) == 0  # 4/4 finished: nothing to train
     assert len(_study(out).get_trials()) == 4
     # Five trials asked: exactly one more (the scripted trainer stands in: what is under test is the count)
@@ -208,61 +224,64 @@ def test_rerun_adds_nothing_and_a_higher_n_trials_adds_the_difference(seed_searc
     assert len(pd.read_csv(out / "results.csv")) == 5  # the artifacts follow the study
 
 
-def _run_phase2_commands(output_dir: Path, tmp_path: Path) -> list[str]:
-    """Both Phase 2 commands of the SUMMARY.md in `output_dir`, run by the `sheeprl` CLI on the tiny model for 128
-    steps (with its metrics logged, as a user's run); the commands."""
-    from tests.helpers import TINY_RUN
-
+def _phase2_commands(output_dir: Path) -> list[str]:
+    """The two Phase 2 commands of the SUMMARY.md in `output_dir`: the best configuration's file, and overrides."""
     summary = (output_dir / "SUMMARY.md").read_text()
     commands = [block.split("\n")[1] for block in summary.split("```bash")[1:]]
     assert commands[0].startswith("sheeprl --config-path") and commands[1].startswith("sheeprl exp=dreamer_v3_jepa")
-    tiny = [*TINY_RUN, "algo.total_steps=128", "algo.eval.every=128", "algo.eval.episodes=1", "checkpoint.every=0"]
-    for i, command in enumerate(commands):
-        argv = shlex.split(command)
-        argv[0] = str(Path(sys.executable).parent / "sheeprl")
-        out = subprocess.run(
-            [*argv, *tiny, f"log_root={tmp_path}/p{i}", f"hydra.run.dir={tmp_path}/h{i}"],
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-        assert out.returncode == 0, out.stderr[-2000:]
-        assert "Eval 1 at policy_step=128" in out.stdout
     return commands
 
 
-def test_phase2_commands_of_a_search_on_our_compiled_route_run_on_it(tmp_path):
-    # `--compile auto` picks this route on a GPU; Phase 2 keeps it, and both commands still run (the encoder-gradient
-    # ratio, measured at each logging point, backpropagates through the compiled graphs twice)
-    out = tmp_path / "compiled"
-    argv = [*SMALL, "--n-trials", "1", "--no-control", "--pruner", "none", "--compile", "steps"]
-    assert main([*argv, "--output-dir", str(out)]) == 0
-    results = json.loads((out / "trial_0" / "results.json").read_text())
-    assert results["state"] == "COMPLETE" and "algo.compile_steps=True" in results["overrides"]
-    commands = _run_phase2_commands(out, tmp_path)
-    assert "algo.compile_steps=True" in commands[1]
-    assert yaml.safe_load((out / "best_config.yaml").read_text())["algo"]["compile_steps"] is True
+def _run_phase2(command: str, tmp_path: Path) -> Path:
+    """A Phase 2 command run by the `sheeprl` CLI from an empty folder, on the tiny model for 128 steps, with a
+    checkpoint and its metrics logged as a user's run; the folder of its outputs."""
+    from tests.helpers import TINY_RUN
 
-
-def test_subprocess_isolation_writes_the_same_files(tmp_path):
-    out = tmp_path / "iso"
-    assert (
-        main(
-            [
-                *SMALL,
-                *("--n-trials", "1", "--no-control", "--isolation", "subprocess", "--pruner", "none"),
-                *("--output-dir", str(out)),
-            ]
-        )
-        == 0
+    cwd, out = tmp_path / "cwd", tmp_path / "phase2"
+    cwd.mkdir()
+    argv = shlex.split(command)
+    argv[0] = str(Path(sys.executable).parent / "sheeprl")
+    tiny = [*TINY_RUN, "algo.total_steps=128", "algo.eval.every=128", "algo.eval.episodes=1", "checkpoint.every=128"]
+    done = subprocess.run(
+        [*argv, *tiny, f"log_root={out}", f"hydra.run.dir={out}/hydra"],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
-    results = json.loads((out / "trial_0" / "results.json").read_text())
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Eval 1 at policy_step=128" in done.stdout
+    assert not list(cwd.iterdir())  # every output went into the run's folder
+    assert list(out.rglob("ckpt_128_0.ckpt"))
+    return out
+
+
+def test_phase2_command_of_the_best_configuration_runs_and_logs_its_metrics(seed_search, tmp_path):
+    out = _run_phase2(_phase2_commands(seed_search)[0], tmp_path)
+    # The best configuration is never the control: the JEPA loss and its collapse signal are logged
+    assert {"Eval/return_mean", "Loss/jepa_loss", "JEPA/cosine", "JEPA/target_std"} <= tensorboard_scalars(out)
+
+
+def test_a_trial_in_a_subprocess_on_our_compiled_route_and_its_phase2_command_on_it(tmp_path):
+    # `--compile auto` picks this route on a GPU; Phase 2 keeps it. The trial runs in a child process, which reports
+    # to the study itself; the encoder-gradient ratio, measured at each logging point, backpropagates through the
+    # compiled graphs twice
+    out = tmp_path / "compiled"
+    argv = [*SMALL, "--fidelity-frac", "0.1", "--eval-every", "128", "--n-trials", "1", "--no-control"]
+    argv += ["--pruner", "none", "--compile", "steps", "--isolation", "subprocess", "--output-dir", str(out)]
+    assert main(argv) == 0
+    folder = out / "trial_0"
+    results = json.loads((folder / "results.json").read_text())
     assert results["state"] == "COMPLETE" and results["evaluations"] == 2
-    assert (out / "trial_0" / "history.csv").exists() and (out / "trial_0" / "trial_spec.json").exists()
-    assert "Eval 2 at policy_step=512" in (out / "trial_0" / "training.log").read_text()
-    study = optuna.load_study(study_name="jepa-phase1-dmc-walker_walk-dry-run", storage=f"sqlite:///{out}/study.db")
-    assert study.trials[0].intermediate_values.keys() == {1, 2}  # reported by the child process
+    assert "algo.compile_steps=True" in results["overrides"]
+    assert (folder / "history.csv").exists() and (folder / "trial_spec.json").exists()
+    log = (folder / "training.log").read_text()
+    assert "Eval 2 at policy_step=256" in log and "WARNING" not in log, log
+    assert _study(out).trials[0].intermediate_values.keys() == {1, 2}  # reported by the child process
+    command = _phase2_commands(out)[1]
+    assert "algo.compile_steps=True" in command
+    assert yaml.safe_load((out / "best_config.yaml").read_text())["algo"]["compile_steps"] is True
+    _run_phase2(command, tmp_path)
 
 
 def test_real_confirmation_of_the_best_configuration_and_the_control_on_fresh_seeds(tmp_path):
@@ -333,9 +352,10 @@ def _log_lines(out: Path) -> list[str]:
     return [line for p in sorted(out.glob("trial_*/training.log")) for line in p.read_text().splitlines()]
 
 
-# 1024-step trials of the tiny model, 4 evaluations, a checkpoint at each; the default heartbeat interval (60 s), so
-# that only recognising the dead worker at once can finish the study without waiting out two heartbeats
-KILL_ARGV = [*SMALL, "--fidelity-frac", "0.4", "--pruner", "none", "--n-trials", "2"]
+# 512-step trials of the tiny model, 4 evaluations of one episode, a checkpoint at each; the default heartbeat
+# interval (60 s), so that only recognising the dead worker at once can finish the study without waiting out two
+# heartbeats
+KILL_ARGV = [*SMALL, "--eval-every", "128", "--eval-episodes", "1", "--pruner", "none", "--n-trials", "2"]
 KILL_MOMENTS = {
     "start-up": lambda out, log: log.exists() and "study jepa-phase1" in log.read_text(),
     "training": lambda out, log: any(out.glob("trial_*/run/version_*/checkpoint/*.ckpt")),
@@ -376,7 +396,7 @@ def test_killed_at_any_moment_a_rerun_at_once_finishes_every_trial_exactly_once(
             assert resumed and int(Path(resumed).stem.split("_")[1]) >= step, (t.number, resumed)
     for t in finished:
         history = pd.read_csv(out / f"trial_{t.number}" / "history.csv")
-        assert list(history["eval_index"]) == [1, 2, 3, 4] and results[t.number]["steps"] == 1024
+        assert list(history["eval_index"]) == [1, 2, 3, 4] and results[t.number]["steps"] == 512
     assert not list(out.glob("trial_*/run/version_*/memmap_buffer"))  # finished trials leave no buffers behind
     assert (out / "SUMMARY.md").exists() and len(pd.read_csv(out / "results.csv")) == len(trials)
 
