@@ -7,9 +7,10 @@ export OMP_NUM_THREADS ?= 2
 setup:
 	bash scripts/setup.sh
 
+# One pytest-xdist worker per core (the real runs leave a core partly idle, waiting on environments and processes)
 test: setup
 	.venv/bin/ruff check .
-	.venv/bin/python -m pytest -q -p no:cacheprovider
+	.venv/bin/python -m pytest -q -p no:cacheprovider -n auto --dist loadgroup
 
 test-quick: setup
 	.venv/bin/python -m pytest -q -p no:cacheprovider -m "not slow"

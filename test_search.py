@@ -39,6 +39,8 @@ from tests.helpers import SMALL, markdown_rows, scripted_trainer, settings_from_
 
 REPO = Path(__file__).resolve().parent
 pytestmark = pytest.mark.slow
+# The tests that read the quick check's study run in one pytest-xdist worker, which runs the search once
+QUICK_CHECK = pytest.mark.xdist_group("quick_check")
 
 
 def _readme_quick_check() -> list[str]:
@@ -88,6 +90,7 @@ def _copy(out: Path, tmp_path: Path) -> Path:
     return copy
 
 
+@QUICK_CHECK
 def test_readme_quick_check_trains_four_trials_and_writes_every_file(seed_search):
     study = _study(seed_search)
     trials = study.get_trials()
@@ -117,6 +120,7 @@ def test_readme_quick_check_trains_four_trials_and_writes_every_file(seed_search
     assert "finished 4/4 (" in (seed_search / "search.log").read_text()
 
 
+@QUICK_CHECK
 def test_training_log_has_every_interval_and_evaluation_and_no_warning(seed_search):
     for t in _study(seed_search).get_trials():
         log = (seed_search / f"trial_{t.number}" / "training.log").read_text()
@@ -146,6 +150,7 @@ def _key(item) -> str:
     return item.key or "/".join(item.nested_key)
 
 
+@QUICK_CHECK
 def test_wandb_offline_holds_one_run_per_trial_with_its_training_metrics_and_evaluation_curve(seed_search):
     from tests.helpers import wandb_records
 
@@ -176,6 +181,7 @@ def test_wandb_offline_holds_one_run_per_trial_with_its_training_metrics_and_eva
         assert summary["state"] == t.state.name
 
 
+@QUICK_CHECK
 def test_study_artifacts_match_the_trials_and_are_rebuilt_by_report_only(seed_search, tmp_path):
     out = _copy(seed_search, tmp_path)
     study = _study(out)
@@ -211,6 +217,7 @@ def test_study_artifacts_match_the_trials_and_are_rebuilt_by_report_only(seed_se
     assert after == {f: text.replace(str(seed_search.resolve()), str(out.resolve())) for f, text in before.items()}
 
 
+@QUICK_CHECK
 def test_rerun_adds_nothing_and_a_higher_n_trials_adds_the_difference(seed_search, tmp_path):
     out = _copy(seed_search, tmp_path)
     argv = _quick_check_argv(out)
@@ -256,6 +263,7 @@ def _run_phase2(command: str, tmp_path: Path) -> Path:
     return out
 
 
+@QUICK_CHECK
 def test_phase2_command_of_the_best_configuration_runs_and_logs_its_metrics(seed_search, tmp_path):
     out = _run_phase2(_phase2_commands(seed_search)[0], tmp_path)
     # The best configuration is never the control: the JEPA loss and its collapse signal are logged
@@ -354,8 +362,9 @@ def _log_lines(out: Path) -> list[str]:
 
 # 512-step trials of the tiny model, 4 evaluations of one episode, a checkpoint at each; the default heartbeat
 # interval (60 s), so that only recognising the dead worker at once can finish the study without waiting out two
-# heartbeats
+# heartbeats; as many retries as kills, so that no configuration is given up (the default gives up after 2)
 KILL_ARGV = [*SMALL, "--eval-every", "128", "--eval-episodes", "1", "--pruner", "none", "--n-trials", "2"]
+KILL_ARGV += ["--max-retries", "5"]
 KILL_MOMENTS = {
     "start-up": lambda out, log: log.exists() and "study jepa-phase1" in log.read_text(),
     "training": lambda out, log: any(out.glob("trial_*/run/version_*/checkpoint/*.ckpt")),
@@ -397,7 +406,9 @@ def test_killed_at_any_moment_a_rerun_at_once_finishes_every_trial_exactly_once(
     for t in finished:
         history = pd.read_csv(out / f"trial_{t.number}" / "history.csv")
         assert list(history["eval_index"]) == [1, 2, 3, 4] and results[t.number]["steps"] == 512
-    assert not list(out.glob("trial_*/run/version_*/memmap_buffer"))  # finished trials leave no buffers behind
+    # Every configuration finished, and with it every try of it left its buffer and checkpoints
+    assert not list(out.glob("trial_*/run/version_*/memmap_buffer"))
+    assert not list(out.glob("trial_*/run/version_*/checkpoint"))
     assert (out / "SUMMARY.md").exists() and len(pd.read_csv(out / "results.csv")) == len(trials)
 
 

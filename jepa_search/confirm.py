@@ -18,6 +18,7 @@ from optuna.trial import FrozenTrial, TrialState
 from jepa_search.confirm_results import CONTROL_LABEL, RUN_ATTR, is_run, run_key
 from jepa_search.driver import START, STOP, Decision, run_trials, waiting_for
 from jepa_search.objective import Objective, make_spec, not_trained
+from jepa_search.results import run_dir_name
 from jepa_search.settings import SearchSettings
 from jepa_search.space import CONTROL_PARAMS, is_control
 from jepa_search.study import ranked_complete
@@ -30,10 +31,6 @@ SEED_OFFSET = 1_000_000
 class NothingToRun(RuntimeError):
     """A confirmation trial with no run of its own: another worker took the last queued one, or the same run was
     queued twice by two workers starting together and the other one has it."""
-
-
-def run_dir_name(number: int) -> str:
-    return f"confirm/run_{number}"
 
 
 def planned_runs(study: optuna.Study, settings: SearchSettings) -> list[dict[str, Any]]:
@@ -61,7 +58,7 @@ class ConfirmObjective(Objective):
     """One confirmation run: the queued configuration and seed, at `confirm_steps`, never pruned; its return."""
 
     def __call__(self, trial: optuna.Trial) -> float:
-        self.claim(trial)
+        self.claim(trial, run_dir_name(trial.number))
         run_ = trial.user_attrs.get(RUN_ATTR)
         twin = run_ and next(
             (

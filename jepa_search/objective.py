@@ -116,7 +116,7 @@ class Objective:
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, ...]:
         settings = self.settings
-        self.claim(trial)
+        self.claim(trial, trial_dir_name(trial.number))
         control = is_control(trial)
         try:
             params = dict(CONTROL_PARAMS) if control else suggest(trial, settings.space)
@@ -132,11 +132,12 @@ class Objective:
         values = tuple(result.value(name) for name in settings.objectives)
         return values if settings.multi_objective else values[0]
 
-    def claim(self, trial: optuna.Trial) -> None:
-        """The first thing a trial does: this process runs it, so that an interrupt can queue it again and a rerun
-        after this process died fails it at once instead of waiting out its heartbeats."""
+    def claim(self, trial: optuna.Trial, folder: str) -> None:
+        """The first thing a trial does: this process runs it, in `folder` (relative to the output folder), so that
+        an interrupt can queue it again and a rerun after this process died fails it at once instead of waiting out
+        its heartbeats. One attribute: a kill cannot come between the two."""
         self.current = trial.number
-        trial.set_user_attr(WORKER_ATTR, {**WorkerId.current().as_dict(), "trial": trial.number})
+        trial.set_user_attr(WORKER_ATTR, {**WorkerId.current().as_dict(), "trial": trial.number, "dir": folder})
 
     def train(self, trial: optuna.Trial, spec: TrialSpec, started: str) -> TrialResult:
         """Run the spec (in this process or a child) and keep its summary in the trial's user attributes."""

@@ -24,8 +24,13 @@ OBJECTIVES: dict[str, tuple[str, str]] = {
 
 
 def trial_dir_name(number: int) -> str:
-    """A search trial's folder in the output folder (a confirmation run's is `confirm/run_<n>`)."""
+    """A search trial's folder in the output folder."""
     return f"trial_{number}"
+
+
+def run_dir_name(number: int) -> str:
+    """A confirmation run's folder in the output folder."""
+    return f"confirm/run_{number}"
 
 
 def smoothed(returns: list[float], window: int = SMOOTHING_WINDOW) -> float:

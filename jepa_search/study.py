@@ -23,7 +23,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from jepa_search.host import WorkerId
-from jepa_search.results import TrialResult, read_history, trial_dir_name
+from jepa_search.results import TrialResult, read_history, run_dir_name, trial_dir_name
 from jepa_search.sampler import DistinctSampler
 from jepa_search.settings import SearchSettings, mask_password
 from jepa_search.space import CONTROL_ATTR, configuration, is_control
@@ -85,7 +85,11 @@ def _begin_immediate(connection: Connection) -> None:
 def _on_stale(settings: SearchSettings, study: optuna.Study, trial: FrozenTrial) -> None:
     """A trial (or confirmation run) whose worker died: write its results.json (as failed), then queue it again."""
     own = worker_of(trial) is not None  # its attributes are its own, not inherited from an earlier try
-    folder = settings.output_dir / (trial.user_attrs.get(TRIAL_DIR_ATTR) if own else trial_dir_name(trial.number))
+    if own:
+        folder = settings.output_dir / trial.user_attrs[WORKER_ATTR]["dir"]
+    else:  # its worker died before claiming it: the folder its study would have given it
+        confirmation = study.study_name.endswith(CONFIRM_SUFFIX)
+        folder = settings.output_dir / (run_dir_name if confirmation else trial_dir_name)(trial.number)
     reason = "its worker stopped (killed?); queued again with the same parameters"
     history = read_history(folder / "history.csv")
     folder.mkdir(parents=True, exist_ok=True)

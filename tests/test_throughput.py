@@ -140,7 +140,8 @@ def test_workers_are_spread_over_the_gpus_named(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_two_trials_at_once_on_the_cpu_share_the_study(tmp_path, capfd):
     out = tmp_path / "par"
-    argv = [*SMALL, "--pruner", "none", "--n-trials", "2", "--trials-per-device", "2", "--output-dir", str(out)]
+    argv = [*SMALL, "--fidelity-frac", "0.1", "--pruner", "none", "--n-trials", "2", "--trials-per-device", "2"]
+    argv += ["--output-dir", str(out)]
     assert main(argv) == 0
     printed = capfd.readouterr().out
     assert "w0]" in printed and "w1]" in printed
