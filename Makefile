@@ -7,10 +7,9 @@ export OMP_NUM_THREADS ?= 2
 setup:
 	bash scripts/setup.sh
 
-# One pytest-xdist worker per core (the real runs leave a core partly idle, waiting on environments and processes)
 test: setup
 	.venv/bin/ruff check .
-	.venv/bin/python -m pytest -q -p no:cacheprovider -n auto --dist loadgroup
+	.venv/bin/python -m pytest -q -p no:cacheprovider
 
 test-quick: setup
 	.venv/bin/python -m pytest -q -p no:cacheprovider -m "not slow"

@@ -39,8 +39,6 @@ from tests.helpers import SMALL, markdown_rows, scripted_trainer, settings_from_
 
 REPO = Path(__file__).resolve().parent
 pytestmark = pytest.mark.slow
-# The tests that read the quick check's study run in one pytest-xdist worker, which runs the search once
-QUICK_CHECK = pytest.mark.xdist_group("quick_check")
 
 
 def _readme_quick_check() -> list[str]:
@@ -90,7 +88,6 @@ def _copy(out: Path, tmp_path: Path) -> Path:
     return copy
 
 
-@QUICK_CHECK
 def test_readme_quick_check_trains_four_trials_and_writes_every_file(seed_search):
     study = _study(seed_search)
     trials = study.get_trials()
@@ -120,7 +117,6 @@ def test_readme_quick_check_trains_four_trials_and_writes_every_file(seed_search
     assert "finished 4/4 (" in (seed_search / "search.log").read_text()
 
 
-@QUICK_CHECK
 def test_training_log_has_every_interval_and_evaluation_and_no_warning(seed_search):
     for t in _study(seed_search).get_trials():
         log = (seed_search / f"trial_{t.number}" / "training.log").read_text()
@@ -150,7 +146,6 @@ def _key(item) -> str:
     return item.key or "/".join(item.nested_key)
 
 
-@QUICK_CHECK
 def test_wandb_offline_holds_one_run_per_trial_with_its_training_metrics_and_evaluation_curve(seed_search):
     from tests.helpers import wandb_records
 
@@ -181,7 +176,6 @@ def test_wandb_offline_holds_one_run_per_trial_with_its_training_metrics_and_eva
         assert summary["state"] == t.state.name
 
 
-@QUICK_CHECK
 def test_study_artifacts_match_the_trials_and_are_rebuilt_by_report_only(seed_search, tmp_path):
     out = _copy(seed_search, tmp_path)
     study = _study(out)
@@ -217,7 +211,6 @@ def test_study_artifacts_match_the_trials_and_are_rebuilt_by_report_only(seed_se
     assert after == {f: text.replace(str(seed_search.resolve()), str(out.resolve())) for f, text in before.items()}
 
 
-@QUICK_CHECK
 def test_rerun_adds_nothing_and_a_higher_n_trials_adds_the_difference(seed_search, tmp_path):
     out = _copy(seed_search, tmp_path)
     argv = _quick_check_argv(out)
@@ -263,7 +256,6 @@ def _run_phase2(command: str, tmp_path: Path) -> Path:
     return out
 
 
-@QUICK_CHECK
 def test_phase2_command_of_the_best_configuration_runs_and_logs_its_metrics(seed_search, tmp_path):
     out = _run_phase2(_phase2_commands(seed_search)[0], tmp_path)
     # The best configuration is never the control: the JEPA loss and its collapse signal are logged
@@ -297,7 +289,7 @@ def test_real_confirmation_of_the_best_configuration_and_the_control_on_fresh_se
     # One evaluation per trial and run (256 steps): the final evaluation never prunes
     argv = [
         *SMALL,
-        *("--fidelity-frac", "0.1", "--n-trials", "2", "--output-dir", str(out)),
+        *("--fidelity-frac", "0.1", "--eval-episodes", "1", "--n-trials", "2", "--output-dir", str(out)),
         *("--confirm-top-k", "1", "--confirm-seeds", "2"),
     ]
     assert main(argv) == 0
