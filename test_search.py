@@ -1,7 +1,7 @@
 """The search end to end, for real: tiny DreamerV3-JEPA models trained on DMC walker from pixels, the way a user runs
 it. Each real path runs once: the README's quick check (in-process trials, W&B offline, TensorBoard), shared by the
-tests that only read it, and its Phase 2 command; a trial in a subprocess on the compiled route and its Phase 2
-command; a confirmation; kills and reruns; Atari.
+tests that only read it, and its Phase 2 command; a trial in a subprocess on the compiled route; a confirmation;
+kills and reruns; Atari.
 
 Run with `python test_search.py` or under pytest (`-m "not slow"` leaves these out). The search's logic without
 training is in tests/test_scripted_search.py, its settings in tests/test_settings.py.
@@ -262,7 +262,7 @@ def test_phase2_command_of_the_best_configuration_runs_and_logs_its_metrics(seed
     assert {"Eval/return_mean", "Loss/jepa_loss", "JEPA/cosine", "JEPA/target_std"} <= tensorboard_scalars(out)
 
 
-def test_a_trial_in_a_subprocess_on_our_compiled_route_and_its_phase2_command_on_it(tmp_path):
+def test_a_trial_in_a_subprocess_on_our_compiled_route_and_its_phase2_command_keeps_it(tmp_path):
     # `--compile auto` picks this route on a GPU; Phase 2 keeps it. The trial runs in a child process, which reports
     # to the study itself; the encoder-gradient ratio, measured at each logging point, backpropagates through the
     # compiled graphs twice
@@ -281,7 +281,11 @@ def test_a_trial_in_a_subprocess_on_our_compiled_route_and_its_phase2_command_on
     command = _phase2_commands(out)[1]
     assert "algo.compile_steps=True" in command
     assert yaml.safe_load((out / "best_config.yaml").read_text())["algo"]["compile_steps"] is True
-    _run_phase2(command, tmp_path)
+    # SheepRL composes it (`--cfg job` prints the job's config and stops); the route itself trained the trial
+    argv = [str(Path(sys.executable).parent / "sheeprl"), *shlex.split(command)[1:], "--cfg", "job"]
+    job = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert job.returncode == 0, job.stderr[-2000:]
+    assert "compile_steps: true" in job.stdout, job.stdout[-3000:]
 
 
 def test_real_confirmation_of_the_best_configuration_and_the_control_on_fresh_seeds(tmp_path):

@@ -28,7 +28,7 @@ def test_benchmark_runs_on_the_cpu_and_prints_ratios_against_sheeprl(tmp_path):
 
     out = tmp_path / "throughput.md"
     command = [sys.executable, str(REPO / "bench" / "throughput.py"), "--tiny"]
-    command += ["--runs", "sheeprl,jepa,jepa*2", "--window", "3", "--warmup", "2", "--out", str(out)]
+    command += ["--runs", "sheeprl,jepa,jepa*2", "--window", "3", "--warmup", "3", "--out", str(out)]
     subprocess.run(command, check=True, timeout=900, env={**os.environ, "MUJOCO_GL": "egl"})
     runs = json.loads(out.with_suffix(".json").read_text())
     assert runs.pop("numerics") is None  # not asked for

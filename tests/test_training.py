@@ -14,6 +14,9 @@ from jepa_dreamer.presets import output_overrides
 from jepa_dreamer.runner import compose_config, run
 from tests.helpers import ACTIONS, OBS_SPACE, resolved_cfg
 
+# Fewer and shorter gradient steps than the tiny run's: what is under test is stopping and resuming
+LIGHT_TRAINING = ("algo.replay_ratio=0.05", "algo.per_rank_sequence_length=16")
+
 
 def _scalars(folder: Path) -> set[str]:
     events = EventAccumulator(str(next(folder.rglob("events.out.tfevents.*")).parent))
@@ -36,6 +39,7 @@ def test_a_run_stopped_by_its_hook_resumes_from_its_checkpoint_with_its_jepa_sta
                 "algo.total_steps=512",
                 "algo.eval.every=128",
                 "algo.eval.episodes=1",
+                *LIGHT_TRAINING,
                 "checkpoint.every=128",
                 *output_overrides(str(tmp_path), "first"),
             ]
@@ -65,6 +69,7 @@ def test_a_run_stopped_by_its_hook_resumes_from_its_checkpoint_with_its_jepa_sta
                 "algo.total_steps=256",
                 "algo.eval.every=128",
                 "algo.eval.episodes=1",
+                *LIGHT_TRAINING,
                 "checkpoint.every=128",
                 f"checkpoint.resume_from={ckpt}",
                 *output_overrides(str(tmp_path), "second"),
