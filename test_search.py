@@ -329,12 +329,15 @@ def test_real_confirmation_of_the_best_configuration_and_the_control_on_fresh_se
 
 def _killed_when(out: Path, ready, log: Path) -> dict[str, int]:
     """Start the search (its output into `log`), SIGKILL it once `ready(out, log)` holds (or it ended by itself), and
-    return the checkpoint step (0: none yet) of every trial that was running then."""
+    return the checkpoint step (0: none yet) of every trial that was running then. Through the `jepa-search` console
+    script, without MUJOCO_GL: it renders headless as `python search_phase1.py` does."""
+    env = {k: v for k, v in os.environ.items() if k != "MUJOCO_GL"}
     with log.open("a") as f:
         proc = subprocess.Popen(
-            [sys.executable, str(REPO / "search_phase1.py"), *KILL_ARGV, "--output-dir", str(out)],
+            [str(Path(sys.executable).parent / "jepa-search"), *KILL_ARGV, "--output-dir", str(out)],
             stdout=f,
             stderr=subprocess.STDOUT,
+            env=env,
         )
     try:
         deadline = time.monotonic() + 600
