@@ -14,7 +14,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from jepa_search import stats
-from jepa_search.study import NOT_TRAINED_ATTR, TRIAL_DIR_ATTR
+from jepa_search.study import NOT_TRAINED_ATTR, trial_folder
 
 RUN_ATTR = "confirm_run"
 CONTROL_LABEL = "control"
@@ -49,7 +49,7 @@ def confirmation_rows(confirm: optuna.Study) -> list[dict[str, Any]]:
                 "last_eval_return": t.user_attrs.get("last_eval_return"),
                 "steps": t.user_attrs.get("steps"),
                 "wall_time_s": t.user_attrs.get("wall_time_s"),
-                "run_dir": t.user_attrs.get(TRIAL_DIR_ATTR),
+                "run_dir": trial_folder(t),
                 "fail_reason": t.user_attrs.get("fail_reason"),
             }
         )

@@ -26,7 +26,6 @@ from jepa_search.study import (
     COMPILE_ATTR,
     NOT_TRAINED_ATTR,
     RESUMED_ATTR,
-    TRIAL_DIR_ATTR,
     WORKER_ATTR,
     root_number,
 )
@@ -143,7 +142,6 @@ class Objective:
         """Run the spec (in this process or a child) and keep its summary in the trial's user attributes."""
         trial.set_user_attr("seed", spec.seed)
         trial.set_user_attr(COMPILE_ATTR, self.settings.compile)  # its Phase 2 run trains on the same route
-        trial.set_user_attr(TRIAL_DIR_ATTR, os.path.relpath(spec.trial_dir, self.settings.output_dir))
         trial.set_user_attr(RESUMED_ATTR, spec.resume_from)
         self.progress(started)
         try:

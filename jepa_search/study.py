@@ -38,11 +38,10 @@ CONFIRM_STEPS_ATTR = "confirm_steps"
 NOT_TRAINED_ATTR = "not_trained"
 # The compiled route a trial trained with (--compile, resolved on its worker's device)
 COMPILE_ATTR = "compile"
-# The trial's folder, relative to the output folder
-TRIAL_DIR_ATTR = "trial_dir"
 # The checkpoint of an earlier try that the trial continues from (None: it trains from scratch)
 RESUMED_ATTR = "resumed_from"
-# The process training the trial (`WorkerId`, with the trial's number: a retry inherits its first try's attributes)
+# The process training the trial and the trial's folder relative to the output folder (`WorkerId`, with the trial's
+# number and "dir": a retry inherits its first try's attributes)
 WORKER_ATTR = "worker"
 CLAIM_TIMEOUT_S = 10.0
 
@@ -84,9 +83,9 @@ def _begin_immediate(connection: Connection) -> None:
 
 def _on_stale(settings: SearchSettings, study: optuna.Study, trial: FrozenTrial) -> None:
     """A trial (or confirmation run) whose worker died: write its results.json (as failed), then queue it again."""
-    own = worker_of(trial) is not None  # its attributes are its own, not inherited from an earlier try
-    if own:
-        folder = settings.output_dir / trial.user_attrs[WORKER_ATTR]["dir"]
+    claimed = trial_folder(trial)
+    if claimed is not None:
+        folder = settings.output_dir / claimed
     else:  # its worker died before claiming it: the folder its study would have given it
         confirmation = study.study_name.endswith(CONFIRM_SUFFIX)
         folder = settings.output_dir / (run_dir_name if confirmation else trial_dir_name)(trial.number)
@@ -94,19 +93,29 @@ def _on_stale(settings: SearchSettings, study: optuna.Study, trial: FrozenTrial)
     history = read_history(folder / "history.csv")
     folder.mkdir(parents=True, exist_ok=True)
     seed = trial.user_attrs.get("seed")
-    resumed = trial.user_attrs.get(RESUMED_ATTR) if own else None
+    resumed = trial.user_attrs.get(RESUMED_ATTR) if claimed is not None else None
     TrialResult.of(
         trial.number, configuration(trial), seed, "FAIL", history, fail_reason=reason, resumed_from=resumed
     ).save(folder / "results.json")
     retry_callback(settings)(study, trial)
 
 
+def _claim(trial: FrozenTrial) -> dict[str, Any] | None:
+    """The trial's own claim (made at the start of the objective), not one inherited from an earlier try."""
+    claim = trial.user_attrs.get(WORKER_ATTR)
+    return claim if claim is not None and claim.get("trial") == trial.number else None
+
+
 def worker_of(trial: FrozenTrial) -> WorkerId | None:
-    """The process that trains `trial`, when it recorded itself (at the start of the objective)."""
-    worker = trial.user_attrs.get(WORKER_ATTR)
-    if worker is None or worker.get("trial") != trial.number:
-        return None
-    return WorkerId.from_dict(worker)
+    """The process that trains `trial`, when it claimed it."""
+    claim = _claim(trial)
+    return WorkerId.from_dict(claim) if claim is not None else None
+
+
+def trial_folder(trial: FrozenTrial) -> str | None:
+    """The trial's folder relative to the output folder, when it claimed it."""
+    claim = _claim(trial)
+    return claim["dir"] if claim is not None else None
 
 
 def fail_lost_trials(study: optuna.Study) -> None:

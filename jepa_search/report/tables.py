@@ -15,7 +15,7 @@ from jepa_search.overrides import phase2_command, phase2_overrides
 from jepa_search.results import SUMMARY_KEYS
 from jepa_search.settings import StudyConfig
 from jepa_search.space import configuration, is_control
-from jepa_search.study import COMPILE_ATTR, TRIAL_DIR_ATTR, search_return
+from jepa_search.study import COMPILE_ATTR, search_return, trial_folder
 
 TOP_MAX, TOP_MIN = 6, 4
 CONFIRMATION_KEYS = (
@@ -100,7 +100,7 @@ def topk(study: optuna.Study, config: StudyConfig, confirmed: list[dict[str, Any
                 "best_smoothed_return": t.user_attrs.get("best_smoothed_return"),
                 "last_eval_return": t.user_attrs.get("last_eval_return"),
                 "seed": t.user_attrs.get("seed"),
-                "trial_dir": t.user_attrs.get(TRIAL_DIR_ATTR),
+                "trial_dir": trial_folder(t),
                 "compile": route,
                 "phase2_command": phase2_command(config, t.params, route),
             }
