@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Iterator
@@ -36,6 +37,10 @@ from jepa_dreamer.metrics import IntervalLog, LogSink, MetricMeans
 from jepa_dreamer.utils import AGGREGATOR_KEYS
 
 log = logging.getLogger(__name__)
+
+
+class Cancelled(KeyboardInterrupt):
+    """The run was cancelled from outside (the search was interrupted while it trained in a thread of its own)."""
 
 
 @dataclass
@@ -196,10 +201,14 @@ def _save_checkpoint(
 
 
 def train(
-    fabric: Fabric, cfg: dict[str, Any], hook: EvalHook | None = None, on_log: LogSink | None = None
+    fabric: Fabric,
+    cfg: dict[str, Any],
+    hook: EvalHook | None = None,
+    on_log: LogSink | None = None,
+    cancel: threading.Event | None = None,
 ) -> TrainResult:
     """Trains DreamerV3-JEPA as configured; after every evaluation, `hook(result)` returning True stops the run;
-    `on_log` gets the values of every logging interval.
+    `on_log` gets the values of every logging interval; `cancel`, once set, raises `Cancelled` at the next iteration.
 
     Environments and the evaluator are closed on every exit, also when the hook stops the run or a step raises, so
     that the next run in the same process starts clean.
@@ -237,6 +246,8 @@ def train(
         env_loop.reset()
         learner.player.init_states()
         for iter_num in schedule.iterations():
+            if cancel is not None and cancel.is_set():
+                raise Cancelled(f"cancelled at policy step {policy_step}")
             policy_step += schedule.steps_per_iter
             last = iter_num == schedule.total_iters
 

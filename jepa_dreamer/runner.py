@@ -3,6 +3,10 @@
 This is the Python face of `sheeprl exp=dreamer_v3_jepa ...`: the same Hydra configs and the same checks, but the
 caller gets a `TrainResult` back and can stop the run from the hook. SheepRL's `run_algorithm` cannot serve here:
 it returns nothing and passes no hook.
+
+Several runs may train side by side in one process, each in its own thread (the trials of one search worker): on a
+GPU each run issues its kernels on a CUDA stream of its own, so that theirs overlap; what is process-wide (Hydra's
+composer, torch's threads and switches) is shared under a lock.
 """
 
 from __future__ import annotations
@@ -10,8 +14,10 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
+import threading
 from collections.abc import Iterator, Sequence
 from functools import partial
+from typing import Any
 
 import hydra
 import torch
@@ -26,54 +32,100 @@ from jepa_dreamer.envs import render_headless
 from jepa_dreamer.evaluate import EvalHook
 from jepa_dreamer.metrics import LogSink
 
+# Hydra's composer is one global object: one composition at a time in this process
+_COMPOSE_LOCK = threading.Lock()
+
 
 def compose_config(overrides: Sequence[str], exp: str = "dreamer_v3_jepa") -> DictConfig:
     """SheepRL's root config with `exp` and `overrides`, as `sheeprl exp=... <overrides>` composes it."""
     import hydra_plugins.jepa_dreamer_searchpath  # noqa: F401  (fails early if the package is not installed)
 
-    with initialize_config_module(config_module="sheeprl.configs", version_base="1.3"):
+    with _COMPOSE_LOCK, initialize_config_module(config_module="sheeprl.configs", version_base="1.3"):
         return compose(config_name="config", overrides=[f"exp={exp}", *overrides])
 
 
-@contextlib.contextmanager
-def process_settings(cfg: dotdict) -> Iterator[None]:
-    """The process-wide switches SheepRL's launcher sets from the config, for the duration of a run and restored
-    after, so that runs in one process (the trials of a search) do not inherit each other's. They change what a step
-    costs: with `distribution.validate_args` on, every distribution built in a step checks its arguments on the
-    host."""
-    cudnn = torch.backends.cudnn
-    saved = (
-        os.environ.get("OMP_NUM_THREADS"),
-        torch.get_num_threads(),
-        torch.get_float32_matmul_precision(),
-        Distribution._validate_args,
-        cudnn.benchmark,
-        cudnn.deterministic,
-    )
-    # SheepRL's launcher sets only the variable, which torch has read already: its threads are set here. One by
-    # default, which leaves the other cores to the environment processes (torch's own default, a thread per core,
-    # makes OpenMP's spinning threads fight them)
-    os.environ["OMP_NUM_THREADS"] = str(cfg.num_threads)
-    torch.set_num_threads(int(cfg.num_threads))
-    torch.set_float32_matmul_precision(cfg.float32_matmul_precision)
-    Distribution.set_default_validate_args(cfg.distribution.validate_args)
-    cudnn.benchmark, cudnn.deterministic = cfg.torch_backends_cudnn_benchmark, cfg.torch_backends_cudnn_deterministic
-    try:
-        yield
-    finally:
-        threads, torch_threads, precision, validate, cudnn.benchmark, cudnn.deterministic = saved
-        if threads is None:
+class _ProcessSettings:
+    """The process-wide switches SheepRL's launcher sets from the config, held while runs use them and restored once
+    the last one ends, so that later runs in the process (the trials of a search) do not inherit them. Runs side by
+    side must agree on them. They change what a step costs: with `distribution.validate_args` on, every distribution
+    built in a step checks its arguments on the host."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.users = 0
+        self.active: tuple[Any, ...] = ()
+        self.saved: tuple[Any, ...] = ()
+        self.saved_env: str | None = None
+
+    @staticmethod
+    def wanted(cfg: dotdict) -> tuple[Any, ...]:
+        return (
+            int(cfg.num_threads),
+            cfg.float32_matmul_precision,
+            bool(cfg.distribution.validate_args),
+            bool(cfg.torch_backends_cudnn_benchmark),
+            bool(cfg.torch_backends_cudnn_deterministic),
+        )
+
+    @staticmethod
+    def current() -> tuple[Any, ...]:
+        cudnn = torch.backends.cudnn
+        return (
+            torch.get_num_threads(),
+            torch.get_float32_matmul_precision(),
+            Distribution._validate_args,
+            cudnn.benchmark,
+            cudnn.deterministic,
+        )
+
+    @staticmethod
+    def apply(values: tuple[Any, ...], env_threads: str | None) -> None:
+        threads, precision, validate, benchmark, deterministic = values
+        # SheepRL's launcher sets only the variable, which torch has read already: its threads are set here. One by
+        # default, which leaves the other cores to the environment processes (torch's own default, a thread per
+        # core, makes OpenMP's spinning threads fight them)
+        if env_threads is None:
             os.environ.pop("OMP_NUM_THREADS", None)
         else:
-            os.environ["OMP_NUM_THREADS"] = threads
-        torch.set_num_threads(torch_threads)
+            os.environ["OMP_NUM_THREADS"] = env_threads
+        torch.set_num_threads(threads)
         torch.set_float32_matmul_precision(precision)
         Distribution.set_default_validate_args(validate)
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = benchmark, deterministic
+
+    @contextlib.contextmanager
+    def held(self, cfg: dotdict) -> Iterator[None]:
+        wanted = self.wanted(cfg)
+        with self.lock:
+            if self.users == 0:
+                self.saved, self.saved_env, self.active = self.current(), os.environ.get("OMP_NUM_THREADS"), wanted
+                self.apply(wanted, str(wanted[0]))
+            elif wanted != self.active:
+                raise ValueError(
+                    f"runs side by side in one process must share the process settings (num_threads, "
+                    f"float32_matmul_precision, distribution.validate_args, cudnn): {wanted} vs {self.active}"
+                )
+            self.users += 1
+        try:
+            yield
+        finally:
+            with self.lock:
+                self.users -= 1
+                if self.users == 0:
+                    self.apply(self.saved, self.saved_env)
 
 
-def run(cfg: DictConfig, hook: EvalHook | None = None, on_log: LogSink | None = None) -> TrainResult:
+process_settings = _ProcessSettings().held
+
+
+def run(
+    cfg: DictConfig,
+    hook: EvalHook | None = None,
+    on_log: LogSink | None = None,
+    cancel: threading.Event | None = None,
+) -> TrainResult:
     """Trains the composed `cfg` in this process; `hook` gets every evaluation and may stop the run, `on_log` the
-    values of every logging interval.
+    values of every logging interval; once `cancel` is set, the run raises `Cancelled` at its next iteration.
 
     GPU memory held by the run is released when it returns or raises, so the next run starts clean.
     """
@@ -87,9 +139,10 @@ def run(cfg: DictConfig, hook: EvalHook | None = None, on_log: LogSink | None = 
     check_configs(cfg)
     fabric = hydra.utils.instantiate(cfg.fabric, _convert_="all")
     fabric.seed_everything(cfg.seed, verbose=False)
+    stream = torch.cuda.Stream(fabric.device) if fabric.device.type == "cuda" else None
     try:
-        with process_settings(cfg):
-            return fabric.launch(partial(train, hook=hook, on_log=on_log), cfg)
+        with process_settings(cfg), torch.cuda.stream(stream):
+            return fabric.launch(partial(train, hook=hook, on_log=on_log, cancel=cancel), cfg)
     finally:
         del fabric
         gc.collect()

@@ -57,7 +57,7 @@ def enqueue_missing(confirm: optuna.Study, plan: list[dict[str, Any]]) -> int:
 class ConfirmObjective(Objective):
     """One confirmation run: the queued configuration and seed, at `confirm_steps`, never pruned; its return."""
 
-    def __call__(self, trial: optuna.Trial) -> float:
+    def score(self, trial: optuna.Trial) -> float:
         self.claim(trial, run_dir_name(trial.number))
         run_ = trial.user_attrs.get(RUN_ATTR)
         twin = run_ and next(

@@ -1,5 +1,10 @@
-"""Trials of a study trained one after another in this process, until a stop condition holds: the loop the search
-and the confirmation share.
+"""Trials of a study trained in this process, one after another in each of its slots, until a stop condition holds:
+the loop the search and the confirmation share.
+
+A slot is a thread: `--trials-per-process` of them train side by side, each trial with its own learner,
+environments, buffer, evaluator and CUDA stream, so that on a GPU their kernels overlap (those of different
+processes take turns). Optuna's semantics are a single worker's in each slot: a trial asks, reports, is pruned,
+completes or fails on its own, and its slot takes the next one at once.
 
 Before each decision, trials whose worker is gone are failed and queued again (`study.fail_lost_trials`); a trial
 that fails is queued again with the same parameters (up to --max-retries), unless it ended before training. While
@@ -8,6 +13,7 @@ the trials left run in other workers, the loop waits for them (and takes over an
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,6 +21,7 @@ from dataclasses import dataclass
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from jepa_search.objective import Objective
 from jepa_search.progress import Progress
 from jepa_search.settings import SearchSettings
 from jepa_search.study import NOT_TRAINED_ATTR, WORKER_ATTR, fail_lost_trials, retry_callback
@@ -47,31 +54,95 @@ def waiting_for(running: list[FrozenTrial]) -> str:
 
 def run_trials(
     study: optuna.Study,
-    objective: Callable[[optuna.Trial], float | tuple[float, ...]],
+    objective: Objective,
     settings: SearchSettings,
     decide: Callable[[optuna.Study], Decision],
     on_finished: Callable[[optuna.Study, FrozenTrial], None],
     progress: Progress,
 ) -> None:
-    """Train trials of `study` with `objective` while `decide` says so; `on_finished` after each."""
+    """Train trials of `study` with `objective` while `decide` says so, `settings.trials_per_process` at once (each
+    in a thread of its own: a slot); `on_finished` after each, one at a time.
+
+    An interrupt (KeyboardInterrupt in this thread) cancels the trials of every slot, waits for them to end, and is
+    raised again; so is any error of a slot outside its trials (they are caught by Optuna and fail the trial only).
+    """
     retry = retry_callback(settings)
+    # Deciding to start a trial and creating it in the storage go together, so that slots count each other's
+    starting, finishing = threading.Lock(), threading.Lock()
 
     def finished(study: optuna.Study, trial: FrozenTrial) -> None:
-        if trial.state == TrialState.FAIL and not trial.user_attrs.get(NOT_TRAINED_ATTR):
-            retry(study, trial)
-        on_finished(study, trial)
+        with finishing:
+            if trial.state == TrialState.FAIL and not trial.user_attrs.get(NOT_TRAINED_ATTR):
+                retry(study, trial)
+            on_finished(study, trial)
 
-    noted = -float("inf")
-    while True:
-        fail_lost_trials(study)
-        decision = decide(study)
-        if decision.action == "stop":
-            return
-        if decision.action == "wait":
+    def slot() -> None:
+        noted = -float("inf")
+        while not objective.cancel.is_set():
+            fail_lost_trials(study)
+            starting.acquire()
+            holding = True
+
+            def created(trial: optuna.Trial) -> float | tuple[float, ...]:
+                nonlocal holding
+                holding = False
+                starting.release()
+                return objective(trial)
+
+            try:
+                decision = decide(study)
+                if decision.action == "start":
+                    noted = -float("inf")
+                    study.optimize(created, n_trials=1, catch=(Exception,), callbacks=[finished])
+                    continue
+            finally:
+                if holding:
+                    starting.release()
+            if decision.action == "stop":
+                return
             if time.monotonic() - noted >= WAIT_NOTE_S:
                 progress(decision.why)
                 noted = time.monotonic()
-            time.sleep(POLL_S)
-            continue
-        noted = -float("inf")
-        study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=[finished])
+            objective.cancel.wait(POLL_S)
+
+    try:
+        if settings.trials_per_process == 1:
+            slot()
+        else:
+            _run_slots(slot, settings.trials_per_process, objective.cancel)
+    finally:
+        # The trials an interrupt or an error stopped (Optuna failed them): queued again with the same parameters
+        stopped = {t.number: t for t in study.get_trials(deepcopy=False) if t.number in objective.running}
+        for trial in stopped.values():
+            if trial.state == TrialState.FAIL:
+                retry(study, trial)
+        objective.running.clear()
+
+
+def _run_slots(slot: Callable[[], None], count: int, cancel: threading.Event) -> None:
+    """`count` threads running `slot`; the first error of one (or an interrupt here) cancels the others."""
+    errors: list[BaseException] = []
+
+    def guarded() -> None:
+        try:
+            slot()
+        except KeyboardInterrupt:
+            pass  # the slot's trial was cancelled: it ends with the others
+        except BaseException as e:
+            errors.append(e)
+            cancel.set()
+
+    threads = [threading.Thread(target=guarded, name=f"slot{i}") for i in range(count)]
+    for thread in threads:
+        thread.start()
+    try:
+        for thread in threads:
+            while thread.is_alive():
+                thread.join(0.2)  # timed: this thread stays free to take a signal
+    except KeyboardInterrupt:
+        cancel.set()
+        for thread in threads:
+            thread.join()
+        raise
+    if errors:
+        raise errors[0]

@@ -6,6 +6,7 @@ import math
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -104,16 +105,31 @@ def run_in_subprocess(spec: TrialSpec, storage: str) -> TrialResult:
 
 class Objective:
     """The search's objective: the best smoothed evaluation return of the trial (with wall time and peak memory when
-    those are objectives too); raises `TrialPruned` when pruned. `current` is the number of the trial this process
-    is running, so an interrupt can queue it again."""
+    those are objectives too); raises `TrialPruned` when pruned.
+
+    Several trials may run at once, in threads of this process. `running` holds the numbers of those this process
+    has claimed and not finished, so that an interrupt can queue them again; setting `cancel` stops their training.
+    """
 
     def __init__(self, settings: SearchSettings, progress: Progress, trainer: Trainer = run) -> None:
         self.settings = settings
         self.progress = progress
         self.trainer = trainer
-        self.current: int | None = None
+        self.running: set[int] = set()
+        self.cancel = threading.Event()
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, ...]:
+        try:
+            value = self.score(trial)
+        except KeyboardInterrupt:
+            raise  # the trial stays in `running`: whoever handles the interrupt queues it again
+        except BaseException:
+            self.running.discard(trial.number)
+            raise
+        self.running.discard(trial.number)
+        return value
+
+    def score(self, trial: optuna.Trial) -> float | tuple[float, ...]:
         settings = self.settings
         self.claim(trial, trial_dir_name(trial.number))
         control = is_control(trial)
@@ -135,7 +151,7 @@ class Objective:
         """The first thing a trial does: this process runs it, in `folder` (relative to the output folder), so that
         an interrupt can queue it again and a rerun after this process died fails it at once instead of waiting out
         its heartbeats. One attribute: a kill cannot come between the two."""
-        self.current = trial.number
+        self.running.add(trial.number)
         trial.set_user_attr(WORKER_ATTR, {**WorkerId.current().as_dict(), "trial": trial.number, "dir": folder})
 
     def train(self, trial: optuna.Trial, spec: TrialSpec, started: str) -> TrialResult:
@@ -148,7 +164,7 @@ class Objective:
             if self.settings.isolation == "subprocess":
                 result = run_in_subprocess(spec, self.settings.storage)
             else:
-                result = run_trial(spec, trial, self.progress, self.trainer)
+                result = run_trial(spec, trial, self.progress, self.trainer, self.cancel)
         except BaseException as e:
             trial.set_user_attr("fail_reason", f"{type(e).__name__}: {e}"[:1000])
             raise

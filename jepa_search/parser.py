@@ -71,9 +71,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--trials-per-device",
         default="auto",
-        help="trials at once on each GPU (or on the CPU): one worker process each, all on one study. auto: "
+        help="trials at once on each GPU (or on the CPU), in worker processes of --trials-per-process trials, all on "
+        "one study. auto: "
         f"{AUTO_TRIALS_PER_GPU} per GPU (docs/PERFORMANCE.md), fewer where there are under {CORES_PER_TRIAL} CPU "
         f"cores or {GIB_PER_TRIAL} GiB of GPU memory per trial; 1 on the CPU",
+    )
+    p.add_argument(
+        "--trials-per-process",
+        type=int,
+        default=1,
+        help="of the trials on a device, how many share one worker process, each training in a thread and on a CUDA "
+        "stream of its own: kernels of one process overlap on a GPU, those of different processes take turns. Must "
+        "divide --trials-per-device (default 1: a process per trial)",
     )
     p.add_argument(
         "--gpus",

@@ -2,7 +2,7 @@
 
 A trial another worker runs counts (so that several workers stop together at `--n-trials`, or a few more when two
 start a trial at the same moment); once the trials left all run elsewhere, this process waits for them and takes
-over any whose worker dies. An interrupt (Ctrl-C, SIGTERM) fails the trial this process runs and queues it again.
+over any whose worker dies. An interrupt (Ctrl-C, SIGTERM) fails the trials this process runs and queues them again.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from jepa_search.progress import Progress, time_left
 from jepa_search.report import write_report
 from jepa_search.sampler import untried_keys
 from jepa_search.settings import SearchSettings
-from jepa_search.study import FINISHED, open_confirm_study, retry_callback
+from jepa_search.study import FINISHED, open_confirm_study
 from jepa_search.trial import Trainer
 
 
@@ -84,30 +84,19 @@ def run_search(study: optuna.Study, settings: SearchSettings, objective: Objecti
     return 0
 
 
-def _requeue_interrupted(study: optuna.Study, settings: SearchSettings, number: int | None) -> None:
-    """Optuna failed the trial this process was running when the interrupt came: queue it again."""
-    trial = next((t for t in study.get_trials(deepcopy=False) if t.number == number), None)
-    if trial is not None and trial.state == TrialState.FAIL:
-        retry_callback(settings)(study, trial)
-
-
 def run_stages(study: optuna.Study, settings: SearchSettings, progress: Progress, trainer: Trainer = run) -> int:
     """The search (unless --confirm-only), then the confirmation (with --confirm-top-k). An interrupt queues the
-    run this process was training again, in the study it belongs to; exit codes 130 (SIGINT) and 143 (SIGTERM)."""
-    objective = Objective(settings, progress, trainer)
-    stage: tuple[optuna.Study, Objective] = (study, objective)
+    runs this process was training again (`run_trials`); exit codes 130 (SIGINT) and 143 (SIGTERM)."""
     previous = signal.signal(signal.SIGTERM, _raise_on_sigterm)
     try:
-        code = 0 if settings.confirm_only else run_search(study, settings, objective)
+        code = 0 if settings.confirm_only else run_search(study, settings, Objective(settings, progress, trainer))
         if code == 0 and settings.confirm_top_k:
             confirm, confirm_objective = open_confirm_study(settings), ConfirmObjective(settings, progress, trainer)
-            stage = confirm, confirm_objective
             code = run_confirmation(
                 study, confirm, settings, confirm_objective, lambda: write_report(study, settings.output_dir)
             )
     except KeyboardInterrupt as e:
-        _requeue_interrupted(stage[0], settings, stage[1].current)
-        progress(f"interrupted ({type(e).__name__}); the running trial is queued again. Rerun the same command.")
+        progress(f"interrupted ({type(e).__name__}); the running trials are queued again. Rerun the same command.")
         return 143 if isinstance(e, Interrupted) else 130
     finally:
         signal.signal(signal.SIGTERM, previous)

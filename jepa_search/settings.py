@@ -93,6 +93,7 @@ class SearchSettings(StudyConfig):
     checkpoint_every: int = 0
     compile: str = "off"
     trials_per_device: int = 1
+    trials_per_process: int = 1
     gpus: tuple[int, ...] = ()
     confirm_top_k: int = 0
     confirm_seeds: int = 3
@@ -102,8 +103,9 @@ class SearchSettings(StudyConfig):
 
     @property
     def n_workers(self) -> int:
-        """Trials at once: `trials_per_device` on each GPU of `gpus`, or on the CPU when there are none."""
-        return self.trials_per_device * max(1, len(self.gpus))
+        """Worker processes: `trials_per_device` trials on each GPU of `gpus` (or on the CPU when there are none),
+        `trials_per_process` in each."""
+        return self.trials_per_device // self.trials_per_process * max(1, len(self.gpus))
 
     @property
     def confirm_evaluations(self) -> int:

@@ -10,6 +10,7 @@ import json
 import logging
 import math
 import shutil
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -29,8 +30,9 @@ from jepa_search.progress import Progress, time_left
 from jepa_search.results import HistoryRow, TrialResult, append_history, read_history, smoothed, start_history
 from jepa_search.tracking import WandbTrial
 
-# What trains a trial: `jepa_dreamer.runner.run`; tests pass a scripted stand-in to make pruning deterministic
-Trainer = Callable[[DictConfig, EvalHook, LogSink | None], TrainResult]
+# What trains a trial: `jepa_dreamer.runner.run` (config, evaluation hook, logging sink, cancel event); tests pass a
+# scripted stand-in to make pruning deterministic
+Trainer = Callable[[DictConfig, EvalHook, LogSink | None, threading.Event | None], TrainResult]
 # The loggers whose records go to a trial's training.log: the training loop's, and Python's warnings
 TRIAL_LOGGERS = ("jepa_dreamer", "py.warnings")
 
@@ -171,26 +173,59 @@ def _remove_training_state(folder: Path) -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
+class _CapturedWarnings:
+    """Python's warnings go to the `py.warnings` logger while at least one trial of this process runs."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.users = 0
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        with self.lock:
+            self.users += 1
+            logging.captureWarnings(True)
+        try:
+            yield
+        finally:
+            with self.lock:
+                self.users -= 1
+                if self.users == 0:
+                    logging.captureWarnings(False)
+
+
+_captured_warnings = _CapturedWarnings()
+
+
 @contextmanager
 def _training_log(path: Path) -> Iterator[None]:
-    """The lines of the training loop and the warnings raised while the trial runs, appended to `path`."""
+    """The lines of the training loop and the warnings raised while the trial runs, appended to `path`: those of
+    this thread only, as other trials may train in other threads of the process."""
     handler = logging.FileHandler(path)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+    thread = threading.get_ident()
+    handler.addFilter(lambda record: record.thread == thread)
     loggers = [logging.getLogger(name) for name in (*TRIAL_LOGGERS, __name__)]
-    logging.captureWarnings(True)
-    for logger in loggers:
-        logger.addHandler(handler)
-    try:
-        yield
-    finally:
+    with _captured_warnings.held():
         for logger in loggers:
-            logger.removeHandler(handler)
-        logging.captureWarnings(False)
-        handler.close()
+            logger.addHandler(handler)
+        try:
+            yield
+        finally:
+            for logger in loggers:
+                logger.removeHandler(handler)
+            handler.close()
 
 
-def run_trial(spec: TrialSpec, trial: optuna.Trial, progress: Progress, trainer: Trainer = run) -> TrialResult:
-    """Train the trial in this process and write its files; returns its result (also in `results.json`).
+def run_trial(
+    spec: TrialSpec,
+    trial: optuna.Trial,
+    progress: Progress,
+    trainer: Trainer = run,
+    cancel: threading.Event | None = None,
+) -> TrialResult:
+    """Train the trial in this process and write its files; returns its result (also in `results.json`). Setting
+    `cancel` stops the training with `Cancelled` (a KeyboardInterrupt).
 
     A pruned trial ends cleanly with state PRUNED; an exception is recorded with state FAIL and its reason, then
     raised again for Optuna to fail the trial.
@@ -206,7 +241,8 @@ def run_trial(spec: TrialSpec, trial: optuna.Trial, progress: Progress, trainer:
             cfg = compose_config(spec.overrides, exp=spec.exp)
             action_repeat = int(cfg.env.action_repeat)
             device = trial_device(cfg.fabric.accelerator)
-            if device == "cuda":
+            # Trials side by side in one process share its peak: it is the process's then
+            if device == "cuda" and spec.settings.get("trials_per_process", 1) == 1:
                 import torch
 
                 torch.cuda.reset_peak_memory_stats()
@@ -220,7 +256,7 @@ def run_trial(spec: TrialSpec, trial: optuna.Trial, progress: Progress, trainer:
                 hook.replay(_replayed_rows(Path(spec.resume_from)))
                 progress(f"trial {spec.number} resumes from {spec.resume_from} ({len(hook.history)} evaluations)")
             log.info(f"trial {spec.number}: {spec.params} seed {spec.seed}, {spec.steps} policy steps on {device}")
-            result = trainer(cfg, hook, tracker.log_training if tracker is not None else None)
+            result = trainer(cfg, hook, tracker.log_training if tracker is not None else None, cancel)
             steps = result.policy_steps
             state = "PRUNED" if hook.pruned else "COMPLETE"
         except BaseException as e:

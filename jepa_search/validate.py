@@ -96,17 +96,40 @@ def _check_overrides(overrides: list[str]) -> tuple[str, ...]:
     return tuple(overrides)
 
 
-def _check_trials_per_device(value: str, gpus: tuple[int, ...]) -> int:
-    """A positive count, or `auto`: as many trials per GPU as fill it without running short of CPU cores or of
-    the smallest GPU's memory."""
-    if value == "auto":
-        return auto_trials_per_gpu(gpus)
-    try:
-        count = int(value)
-    except ValueError:
-        raise UsageError(f"--trials-per-device {value!r} must be a whole number or auto, e.g. 4") from None
-    _positive("--trials-per-device", count)
-    return count
+def _check_arrangement(args: argparse.Namespace, gpus: tuple[int, ...], objectives: tuple[str, ...]) -> tuple[int, int]:
+    """Trials at once on each device, and how many of them share a process (`--trials-per-process`, a divisor).
+    `--trials-per-device auto`: as many trials per GPU as fill it without running short of CPU cores or of the
+    smallest GPU's memory, and at least one process's worth."""
+    per_process = args.trials_per_process
+    _positive("--trials-per-process", per_process)
+    if args.trials_per_device == "auto":
+        per_device = max(auto_trials_per_gpu(gpus), per_process)
+        per_device -= per_device % per_process
+    else:
+        try:
+            per_device = int(args.trials_per_device)
+        except ValueError:
+            raise UsageError(
+                f"--trials-per-device {args.trials_per_device!r} must be a whole number or auto, e.g. 4"
+            ) from None
+        _positive("--trials-per-device", per_device)
+    if per_device % per_process:
+        fixed = per_device + per_process - per_device % per_process
+        raise UsageError(
+            f"--trials-per-process {per_process} must divide --trials-per-device {per_device} (the processes on a "
+            f"device each train as many); e.g. --trials-per-device {fixed}"
+        )
+    if per_process > 1 and args.isolation == "subprocess":
+        raise UsageError(
+            f"--trials-per-process {per_process} trains trials in threads of one process, --isolation subprocess each "
+            f"in a process of its own: use --trials-per-device {per_device} with --trials-per-process 1 instead"
+        )
+    if per_process > 1 and "peak_gpu_memory" in objectives:
+        raise UsageError(
+            "--objectives peak_gpu_memory: trials that share a process share its peak memory; use "
+            "--trials-per-process 1"
+        )
+    return per_device, per_process
 
 
 def _resolve_compile(choice: str, gpus: tuple[int, ...]) -> str:
@@ -214,7 +237,6 @@ def settings_from_args(args: argparse.Namespace) -> SearchSettings:
     storage = args.storage or default_storage(output_dir)
     _check_storage(storage)
     gpus = _check_gpus(args.device, args.gpus)
-    trials_per_device = _check_trials_per_device(args.trials_per_device, gpus)
     try:
         space = load_space(args.search_space)
     except SpaceError as e:
@@ -230,6 +252,7 @@ def settings_from_args(args: argparse.Namespace) -> SearchSettings:
             + ": each is trained once, then the search stops"
         )
     objectives = _check_objectives(args.objectives)
+    trials_per_device, trials_per_process = _check_arrangement(args, gpus, objectives)
     pruner = args.pruner
     if len(objectives) > 1:
         notes.append(f"--objectives {args.objectives}: Optuna does not prune multi-objective studies; pruning is off")
@@ -265,6 +288,7 @@ def settings_from_args(args: argparse.Namespace) -> SearchSettings:
         checkpoint_every=args.eval_every if args.checkpoint_every is None else args.checkpoint_every,
         compile=_resolve_compile(args.compile, gpus),
         trials_per_device=trials_per_device,
+        trials_per_process=trials_per_process,
         gpus=gpus,
         objectives=objectives,
         control=args.control,

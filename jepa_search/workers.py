@@ -1,7 +1,8 @@
 """Several trials at once: worker processes of the same command on one study, spread over the GPUs.
 
 One DreamerV3 trial leaves most of a GPU idle (its step is bound by kernel launches, docs/PERFORMANCE.md), so the
-search runs `--trials-per-device` workers on each GPU. Each worker is `search_phase1.py` itself with one device
+search runs `--trials-per-device` trials on each GPU, in workers of `--trials-per-process` trials each (those train
+side by side in threads, `driver.run_trials`). Each worker is `search_phase1.py` itself with one device
 (`CUDA_VISIBLE_DEVICES`); they share the study through its storage, as workers started by hand on other machines
 do. Workers start one after the other, each once the previous one holds a trial, so that they do not all take the
 last trials of `--n-trials` at the same moment.
@@ -41,8 +42,8 @@ WAIT_NOTE_S = 60.0
 
 
 def worker_commands(argv: Sequence[str], settings: SearchSettings) -> dict[str, tuple[list[str], dict[str, str]]]:
-    """The command and environment of every worker slot, by name: this command with one trial at a time and one GPU
-    each."""
+    """The command and environment of every worker slot, by name: this command with one process's trials
+    (`--trials-per-process`) and one GPU each."""
     parent_visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     physical = parent_visible.split(",") if parent_visible else None
     # The cores shared among the workers: more torch threads than cores make OpenMP's spinning threads fight over
@@ -50,10 +51,11 @@ def worker_commands(argv: Sequence[str], settings: SearchSettings) -> dict[str, 
     share = max(1, (os.cpu_count() or 1) // settings.n_workers)
     threads = str(min(share, int(os.environ.get("OMP_NUM_THREADS") or share)))
     commands: dict[str, tuple[list[str], dict[str, str]]] = {}
-    for _ in range(settings.trials_per_device):
+    per_process = str(settings.trials_per_process)
+    for _ in range(settings.trials_per_device // settings.trials_per_process):
         for gpu in settings.gpus or (None,):
             name = f"w{len(commands)}" + (f"/gpu{gpu}" if gpu is not None else "")
-            command = [sys.executable, str(SCRIPT), *argv, "--trials-per-device", "1"]
+            command = [sys.executable, str(SCRIPT), *argv, "--trials-per-device", per_process]
             env = {**os.environ, WORKER_ENV: name, "OMP_NUM_THREADS": threads}
             if gpu is not None:
                 command += ["--gpus", "0"]

@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 from sheeprl.utils.utils import dotdict
 from wandb.proto import wandb_internal_pb2 as pb
 
-from jepa_dreamer.dreamer_v3_jepa import TrainResult
+from jepa_dreamer.dreamer_v3_jepa import Cancelled, TrainResult
 from jepa_dreamer.evaluate import EvalResult
 from jepa_dreamer.presets import TINY_MODEL_OVERRIDES
 from jepa_dreamer.runner import compose_config
@@ -194,15 +194,18 @@ def wandb_records(path: Path) -> Iterator[pb.Record]:
             break
 
 
-def scripted_trainer(cfg, hook, on_log=None, seconds_per_eval: float = 0.0) -> TrainResult:
+def scripted_trainer(cfg, hook, on_log=None, cancel=None, seconds_per_eval: float = 0.0) -> TrainResult:
     """A stand-in for `jepa_dreamer.runner.run` with known returns, growing with `jepa_coef`: the low-coefficient
-    trials are the ones to prune. It calls the hook as the real loop does, and stops when the hook says so."""
+    trials are the ones to prune. It calls the hook as the real loop does, stops when the hook says so, and raises
+    `Cancelled` once `cancel` is set."""
     import time
 
     every, total = cfg.algo.eval.every, cfg.algo.total_steps
     result = TrainResult(log_dir="")
     for index, step in enumerate(range(every, total + 1, every), start=1):
         time.sleep(seconds_per_eval)
+        if cancel is not None and cancel.is_set():
+            raise Cancelled(f"cancelled at policy step {step - every}")
         value = 100.0 * cfg.algo.jepa_coef + index
         ev = EvalResult(index, step, (value, value), (100, 100), 0.0)
         result.evaluations.append(ev)

@@ -178,10 +178,13 @@ def test_several_objectives_make_an_unpruned_multi_objective_study_with_a_pareto
 
 
 @pytest.mark.slow
-def test_sigterm_records_the_trial_and_queues_it_again(tmp_path):
+@pytest.mark.parametrize("per_process", [1, 2])
+def test_sigterm_records_the_running_trials_and_queues_them_again(tmp_path, per_process):
     out = tmp_path / "term"
-    argv = [*base_args(tmp_path, "--fidelity-frac", "0.4", "--eval-every", "500", "--no-control"), "--n-trials", "1"]
+    argv = [*base_args(tmp_path, "--fidelity-frac", "0.4", "--eval-every", "500", "--no-control")]
     argv[argv.index("--output-dir") + 1] = str(out)
+    argv += ["--n-trials", str(per_process), "--trials-per-device", str(per_process)]
+    argv += ["--trials-per-process", str(per_process)]
     proc = subprocess.Popen(
         [sys.executable, "-m", "tests.scripted_worker", *argv],
         cwd=REPO,
@@ -189,15 +192,21 @@ def test_sigterm_records_the_trial_and_queues_it_again(tmp_path):
         stderr=subprocess.STDOUT,
         text=True,
     )
-    history = out / "trial_0" / "history.csv"
+    histories = [out / f"trial_{n}" / "history.csv" for n in range(per_process)]
     deadline = time.monotonic() + 120
-    while not (history.exists() and len(history.read_text().splitlines()) > 1):
+    while not all(h.exists() and len(h.read_text().splitlines()) > 1 for h in histories):
         assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 143
-    results = json.loads((out / "trial_0" / "results.json").read_text())
-    assert results["state"] == "FAIL" and "signal 15" in results["fail_reason"] and results["evaluations"] >= 1
+    # In this thread, the signal itself; in a slot's thread, the cancellation it caused
+    reason = "signal 15" if per_process == 1 else "Cancelled: cancelled at policy step"
+    for n in range(per_process):
+        results = json.loads((out / f"trial_{n}" / "results.json").read_text())
+        assert results["state"] == "FAIL" and reason in results["fail_reason"] and results["evaluations"] >= 1
     study = optuna.load_study(study_name="jepa-phase1-dmc-walker_walk", storage=f"sqlite:///{out}/study.db")
-    assert [t.state.name for t in study.trials] == ["FAIL", "WAITING"]
-    assert study.trials[1].params == study.trials[0].params
+    assert [t.state.name for t in study.trials] == ["FAIL"] * per_process + ["WAITING"] * per_process
+    queued = study.trials[per_process:]
+    assert sorted(t.system_attrs["failed_trial"] for t in queued) == list(range(per_process))
+    for t in queued:
+        assert t.params == study.trials[t.system_attrs["failed_trial"]].params

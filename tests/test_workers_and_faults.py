@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -248,7 +249,7 @@ def test_a_fault_fails_the_trial_is_retried_then_left_failed_and_the_study_goes_
     )
     settings.output_dir.mkdir()
 
-    def faulty(cfg, hook, on_log=None):
+    def faulty(cfg, hook, on_log=None, cancel=None):
         if cfg.algo.jepa_coef == 0.3:
             raise fault
         return scripted_trainer(cfg, hook)
@@ -313,3 +314,38 @@ def test_a_rerun_waits_for_the_live_workers_of_a_killed_parent_instead_of_doubli
     study = optuna.load_study(study_name="jepa-phase1-dmc-walker_walk", storage=f"sqlite:///{out}/study.db")
     assert len(study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))) >= 6
     assert not live_workers(settings) and not list((out / "workers").glob("*.json"))
+
+
+def test_trials_side_by_side_in_one_process_overlap_and_a_failing_one_fails_alone(tmp_path):
+    # Two slots of one process: the trials of each ask, report, are pruned and finish on their own, at the same time;
+    # a crashing configuration fails (and is retried) while the other slot trains on
+    space = tmp_path / "space.yaml"
+    space.write_text("variable:\n  jepa_coef: [0.3, 0.5, 1.0, 3.0]\n")
+    argv = _args(tmp_path / "out", "--n-trials", "5", "--max-retries", "1", "--search-space", str(space))
+    settings = settings_from_args(
+        build_parser().parse_args([*argv, "--trials-per-device", "2", "--trials-per-process", "2"])
+    )
+    assert (settings.n_workers, settings.trials_per_process) == (1, 2)
+    settings.output_dir.mkdir()
+    threads = threading.active_count()
+
+    def faulty(cfg, hook, on_log=None, cancel=None):
+        if cfg.algo.jepa_coef == 0.3:
+            raise RuntimeError("the environment crashed")
+        return scripted_trainer(cfg, hook, cancel=cancel, seconds_per_eval=0.05)
+
+    study = open_study(settings)
+    assert run_search(study, settings, Objective(settings, print, trainer=faulty)) == 0
+    assert threading.active_count() == threads  # the slots are gone
+    trials = study.get_trials()
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    assert len(failed) == 2 and all(t.params["jepa_coef"] == 0.3 for t in failed)  # a try and its retry
+    finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    # The control and the three other configurations, once each: the failing one is given up after its retry
+    assert len(finished) == 4 and len({json.dumps(t.params) for t in finished}) == 4
+    spans = sorted((t.datetime_start, t.datetime_complete) for t in finished)
+    assert any(later[0] < earlier[1] for earlier, later in zip(spans, spans[1:])), spans  # side by side
+    for t in trials:
+        results = json.loads((settings.output_dir / f"trial_{t.number}" / "results.json").read_text())
+        assert results["state"] == t.state.name
+        assert (results["fail_reason"] == "RuntimeError: the environment crashed") == (t.state == TrialState.FAIL)
