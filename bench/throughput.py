@@ -1,4 +1,6 @@
-"""Training throughput of SheepRL's DreamerV3 against DreamerV3-JEPA, and K trials at once on one device.
+"""Training throughput of SheepRL's DreamerV3 against DreamerV3-JEPA, and K trials at once on one device: in K
+processes (`VARIANT*K`) or in P processes of M trials each, side by side in threads (`VARIANT*PxM`, the search's
+`--trials-per-device P*M --trials-per-process M`).
 
 One command, on a GPU (DMC walker-walk from 64x64 pixels, model S, bf16, the search's configuration):
     MUJOCO_GL=egl python bench/throughput.py --out docs/throughput_gpu.md
@@ -8,7 +10,8 @@ On the CPU, with a tiny model and without the compiled step (minutes of compilat
 Every variant trains in a process of its own and is timed in its steady state only: the window opens after
 `--warmup` gradient steps (start-up, random acting before `learning_starts` and compilation are over) and lasts
 `--window` seconds. K concurrent trials wait for each other at that point, so that their windows overlap. The
-single run of the `--evaluate` variant then plays one evaluation at the search's settings, timed on its own.
+single run of the `--evaluate` variant then plays one evaluation at the search's settings, timed on its own. Each
+process also counts the CPU time of its process tree (its environment processes included) over its windows.
 A `numerics` check trains the same batch with the plain step and each compiled route and compares their losses.
 """
 
@@ -21,6 +24,7 @@ import os
 import platform
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,7 +75,7 @@ DEFAULT_RUNS = (
     "sheeprl,jepa0,jepa,jepa_steps,jepa_graph,jepa_steps*4,numerics,jepa_steps*2,jepa_steps*8,jepa_steps_fp32,"
     "jepa_compiled"
 )
-TINY_RUNS = "sheeprl,jepa0,jepa,jepa*2"
+TINY_RUNS = "sheeprl,jepa0,jepa,jepa*2,jepa*1x2"
 
 # The same for every variant: no logging, checkpoints or videos, a buffer that fits K processes
 COMMON_OVERRIDES = (
@@ -113,6 +117,9 @@ class Meter:
     window_env_steps: int = 0
     first_grad_at: float | None = None
     window_at: float | None = None
+    window_closed_at: float | None = None
+    cpu_at_open: float = 0.0
+    cpu_at_close: float = 0.0
     barrier_wait: float = 0.0
     evaluator: Any = None
     train_env: Any = None
@@ -120,7 +127,7 @@ class Meter:
     counter: Any = None
     started: float = field(default_factory=time.perf_counter)
 
-    def around_grad_step(self) -> Any:
+    def around(self) -> Any:
         """Counts the operators of one warmed-up step before the window (plain steps only: a compiled step's kernels
         do not pass through the dispatcher one by one)."""
         if self.count_ops and self.counter is None and self.grad_steps == max(1, self.warmup - 2):
@@ -144,10 +151,12 @@ class Meter:
             print(f"gradient step {self.grad_steps}: {now - self.started:.1f} s after start", flush=True)
             if self.grad_steps >= self.warmup:
                 self._wait_for_the_others()
+                self.cpu_at_open = tree_cpu_seconds(os.getpid())
                 self.window_at = time.perf_counter()
             return
         self.window_grad_steps += 1
         if now - self.window_at >= self.window:
+            self.window_closed_at, self.cpu_at_close = now, tree_cpu_seconds(os.getpid())
             raise BenchDone
 
     def _wait_for_the_others(self) -> None:
@@ -174,6 +183,24 @@ def _wrap(owner: Any, name: str, before: Any = None, after: Any = None, around: 
         return out
 
     setattr(owner, name, wrapped)
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """CPU seconds used so far by process `root` and its live descendants (its environment processes), from /proc."""
+    stats = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            stats[int(stat.parent.name)] = (int(fields[1]), int(fields[11]) + int(fields[12]))  # ppid, utime+stime
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _) in stats.items():
+        children.setdefault(ppid, []).append(pid)
+    total, todo = 0, [root]
+    while todo:
+        pid = todo.pop()
+        total += stats.get(pid, (0, 0))[1]
+        todo += children.get(pid, [])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 # Operators whose result the host must wait for: a value read back (`.item()`, `bool(t)`) or a data-dependent size
@@ -215,8 +242,9 @@ def overrides_for(variant: str, tiny: bool, accelerator: str, seed: int, log_roo
     return exp, overrides
 
 
-def run_worker(args: argparse.Namespace) -> dict[str, Any]:
-    """Train `args.worker` until the window closes; the numbers of this process."""
+def run_worker(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Train `args.per_process` runs of `args.worker` side by side (a thread each) until their windows close; a row
+    of numbers for each."""
     import gymnasium as gym
     import sheeprl.algos.dreamer_v3.dreamer_v3 as sheeprl_dv3
     import torch
@@ -228,52 +256,90 @@ def run_worker(args: argparse.Namespace) -> dict[str, Any]:
     from jepa_dreamer.learner import Learner
     from jepa_dreamer.runner import compose_config, run
 
-    meter = Meter(args.warmup, args.window, Path(args.barrier) if args.barrier else None, args.k, args.seed)
+    local = threading.local()  # the meter of the run this thread trains
     torch.set_num_threads(args.threads)
     for cls in (gym.vector.SyncVectorEnv, gym.vector.AsyncVectorEnv):
-        _wrap(cls, "step", before=lambda env, *a, **kw: meter.on_env_step(env))
+        _wrap(cls, "step", before=lambda env, *a, **kw: local.meter.on_env_step(env))
     for owner, name in ((Learner, "train_step"), (sheeprl_dv3, "train")):
-        _wrap(owner, name, after=lambda *a, **kw: meter.on_grad_step(), around=meter.around_grad_step)
-    _wrap(Evaluator, "__init__", after=lambda evaluator, *a, **kw: setattr(meter, "evaluator", evaluator))
-
-    exp, overrides = overrides_for(args.worker, args.tiny, args.accelerator, args.seed, Path(args.log_root))
-    # Our runner gives torch `num_threads` threads; SheepRL's loop keeps the ones set above: the same for both
-    cfg = compose_config([*overrides, f"num_threads={args.threads}"], exp=exp)
-    # The dispatcher sees a compiled step's operators only where it falls back to eager, a replayed graph's none:
-    # plain steps only
-    meter.count_ops = not any(OmegaConf.select(cfg, key, default=False) for key in COMPILE_KEYS.values())
-    eval_seconds = first_eval_seconds = None
-    try:
-        if exp == "dreamer_v3_jepa":
-            run(cfg, hook=None)
-        else:
-            cfg = dotdict(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True))
-            check_configs(cfg)
-            run_algorithm(cfg)
-        raise RuntimeError("the run ended before the window closed: raise algo.total_steps")
-    except BenchDone:
-        window = time.perf_counter() - meter.window_at
-    if args.timed_eval and meter.evaluator is not None:
-        eval_seconds = first_eval_seconds = meter.evaluator.evaluate(1, 0).seconds
-        if cfg.algo.compile.enabled:  # the first evaluation compiles the player: a trial pays that once, time another
-            eval_seconds = meter.evaluator.evaluate(2, 0).seconds
+        _wrap(owner, name, after=lambda *a, **kw: local.meter.on_grad_step(), around=lambda: local.meter.around())
+    _wrap(Evaluator, "__init__", after=lambda evaluator, *a, **kw: setattr(local.meter, "evaluator", evaluator))
     cuda = torch.cuda.is_available() and args.accelerator != "cpu"
-    return {
-        "variant": args.worker,
-        "k": args.k,
-        "seed": args.seed,
-        "startup_s": meter.first_grad_at - meter.started,
-        "warmup_s": meter.window_at - meter.first_grad_at - meter.barrier_wait,
-        "window_s": window,
-        "grad_steps_per_s": meter.window_grad_steps / window,
-        "policy_steps_per_s": meter.window_env_steps / window,
-        "eval_s": eval_seconds,
-        "eval_first_s": first_eval_seconds,
-        "eval_episodes": int(cfg.algo.eval.episodes) if "eval" in cfg.algo else None,
-        "peak_gpu_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
-        "kernels_per_step": meter.counter.kernels if meter.counter is not None else None,
-        "syncs_per_step": meter.counter.syncs if meter.counter is not None else None,
-    }
+    rows: list[dict[str, Any]] = []
+
+    def train_one(seed: int) -> None:
+        meter = Meter(args.warmup, args.window, Path(args.barrier) if args.barrier else None, args.k, seed)
+        local.meter = meter
+        exp, overrides = overrides_for(args.worker, args.tiny, args.accelerator, seed, Path(args.log_root))
+        # Our runner gives torch `num_threads` threads; SheepRL's loop keeps the ones set above: the same for both
+        cfg = compose_config([*overrides, f"num_threads={args.threads}"], exp=exp)
+        # The dispatcher sees a compiled step's operators only where it falls back to eager, a replayed graph's
+        # none: plain steps of a run alone in its process only
+        compiled = any(OmegaConf.select(cfg, key, default=False) for key in COMPILE_KEYS.values())
+        meter.count_ops = not compiled and args.per_process == 1
+        eval_seconds = first_eval_seconds = None
+        try:
+            if exp == "dreamer_v3_jepa":
+                run(cfg, hook=None)
+            else:
+                cfg = dotdict(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True))
+                check_configs(cfg)
+                run_algorithm(cfg)
+            raise RuntimeError("the run ended before the window closed: raise algo.total_steps")
+        except BenchDone:
+            window = meter.window_closed_at - meter.window_at
+        if args.timed_eval and meter.evaluator is not None:
+            eval_seconds = first_eval_seconds = meter.evaluator.evaluate(1, 0).seconds
+            if cfg.algo.compile.enabled:  # the first evaluation compiles the player: a trial pays that once
+                eval_seconds = meter.evaluator.evaluate(2, 0).seconds
+        rows.append(
+            {
+                "variant": args.worker,
+                "k": args.k,
+                "per_process": args.per_process,
+                "seed": seed,
+                "pid": os.getpid(),
+                "startup_s": meter.first_grad_at - meter.started,
+                "warmup_s": meter.window_at - meter.first_grad_at - meter.barrier_wait,
+                "window_s": window,
+                "window_at": meter.window_at,
+                "window_closed_at": meter.window_closed_at,
+                "cpu_at_open": meter.cpu_at_open,
+                "cpu_at_close": meter.cpu_at_close,
+                "grad_steps_per_s": meter.window_grad_steps / window,
+                "policy_steps_per_s": meter.window_env_steps / window,
+                "eval_s": eval_seconds,
+                "eval_first_s": first_eval_seconds,
+                "eval_episodes": int(cfg.algo.eval.episodes) if "eval" in cfg.algo else None,
+                "kernels_per_step": meter.counter.kernels if meter.counter is not None else None,
+                "syncs_per_step": meter.counter.syncs if meter.counter is not None else None,
+            }
+        )
+
+    if args.per_process == 1:
+        train_one(args.seed)
+    else:
+        if VARIANTS[args.worker][0] != "dreamer_v3_jepa":
+            raise SystemExit(f"{args.worker}: runs side by side in one process need our loop (dreamer_v3_jepa)")
+        errors: list[BaseException] = []
+
+        def guarded(seed: int) -> None:
+            try:
+                train_one(seed)
+            except BaseException as e:
+                errors.append(e)
+
+        threads = [threading.Thread(target=guarded, args=(args.seed + i,)) for i in range(args.per_process)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        if errors:
+            raise errors[0]
+    # The process's CPU over the span of its windows, and its peak GPU memory (its runs share both)
+    span = max(r["window_closed_at"] for r in rows) - min(r["window_at"] for r in rows)
+    cores = (max(r["cpu_at_close"] for r in rows) - min(r["cpu_at_open"] for r in rows)) / span
+    peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
+    return [{**r, "process_cores": cores, "process_peak_gpu_gib": peak} for r in rows]
 
 
 # The plain step in fp32: how far bf16-mixed's own rounding moves the losses, the scale for the routes' differences
@@ -406,16 +472,45 @@ def _worker_command(args: argparse.Namespace, variant: str, seed: int, k: int, b
     return command
 
 
-def launch(args: argparse.Namespace, variant: str, k: int, deadline: float, evaluate: bool) -> list[dict[str, Any]]:
-    """`k` processes of `variant` at once (seeds 5, 6, ...); their results, or one row saying why there are none."""
-    tag = f"{variant}_k{k}"
-    barrier = args.scratch / tag
+@dataclass(frozen=True)
+class Arrangement:
+    """K trials at once: `processes` processes of `per_process` trials each (side by side in threads)."""
+
+    processes: int
+    per_process: int = 1
+
+    @classmethod
+    def parse(cls, text: str) -> Arrangement:
+        """`K` (K processes) or `PxM`."""
+        processes, _, per_process = text.partition("x")
+        return cls(int(processes or 1), int(per_process or 1))
+
+    @property
+    def k(self) -> int:
+        return self.processes * self.per_process
+
+    def __str__(self) -> str:
+        return str(self.processes) if self.per_process == 1 else f"{self.processes}x{self.per_process}"
+
+
+ALONE = Arrangement(1)
+
+
+def launch(
+    args: argparse.Namespace, variant: str, arrangement: Arrangement, deadline: float, evaluate: bool
+) -> list[dict[str, Any]]:
+    """The arrangement's processes of `variant` at once (seeds 5, 6, ...); their rows, or one saying why there are
+    none."""
+    k, per_process = arrangement.k, arrangement.per_process
+    barrier = args.scratch / f"{variant}_k{arrangement}"
     barrier.mkdir(parents=True, exist_ok=True)
+    # Torch threads as the cores allow per trial: all of a process's trials share its thread pool
     env = {**os.environ, "OMP_NUM_THREADS": str(_threads(args, k)), "PYTHONUNBUFFERED": "1"}
     procs = []
-    for i in range(k):
+    for i in range(arrangement.processes):
         out, log = barrier / f"result_{i}.json", barrier / f"worker_{i}.log"
-        command = _worker_command(args, variant, 5 + i, k, barrier, out) + (["--timed-eval"] if evaluate else [])
+        command = _worker_command(args, variant, 5 + i * per_process, k, barrier, out)
+        command += ["--per-process", str(per_process)] + (["--timed-eval"] if evaluate else [])
         with log.open("w") as f:
             procs.append((subprocess.Popen(command, stdout=f, stderr=subprocess.STDOUT, env=env), out, log))
     rows, problem = [], None
@@ -427,7 +522,7 @@ def launch(args: argparse.Namespace, variant: str, k: int, deadline: float, eval
             proc.wait()
             problem = "out of time"
         if out.exists():
-            rows.append(json.loads(out.read_text()))
+            rows += json.loads(out.read_text())
         elif problem is None:
             tail = log.read_text().strip().splitlines()[-1:]
             problem = f"failed: {tail[0] if tail else proc.returncode}"
@@ -440,35 +535,42 @@ def _fmt(value: float | None, spec: str = ".2f") -> str:
     return "-" if value is None else format(value, spec)
 
 
-def table(results: dict[tuple[str, int], list[dict[str, Any]]], eval_every: int, device: str) -> str:
-    """The markdown table: throughput of every run, its ratio to SheepRL's loop and to one trial of its variant."""
+def table(results: dict[tuple[str, Arrangement], list[dict[str, Any]]], eval_every: int, device: str) -> str:
+    """The markdown table: throughput of every run, its ratio to SheepRL's loop and to one trial of its variant
+    alone, the slowest of its trials against one alone, and what it used of the machine."""
     total = {key: sum(r.get("policy_steps_per_s", 0.0) for r in rows) for key, rows in results.items()}
-    base = total.get(("sheeprl", 1)) or None
+    base = total.get(("sheeprl", ALONE)) or None
     lines = [
-        f"Device: {device}. Steady-state window per run; K = trials at once on this device (totals over them).",
+        f"Device: {device}. Steady-state window per run; K = trials at once on this device (totals over them), in "
+        "P processes of M trials each (PxM; K alone: K processes).",
         "",
-        "| variant | K | grad steps/s | policy steps/s | × SheepRL | × K=1 | start-up s | warm-up s | eval s "
-        f"| eval share (every {eval_every}) | peak GPU GiB | kernels/step | syncs/step |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| variant | arrangement | K | grad steps/s | policy steps/s | × SheepRL | × alone | slowest trial × alone "
+        f"| CPU cores | start-up s | warm-up s | eval s | eval share (every {eval_every}) | peak GPU GiB "
+        "| kernels/step | syncs/step |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for (variant, k), rows in results.items():
+    for (variant, arrangement), rows in results.items():
+        k = arrangement.k
         if "problem" in rows[0]:
-            lines.append(f"| {variant} | {k} | {rows[0]['problem']} |" + " |" * 10)
+            lines.append(f"| {variant} | {arrangement} | {k} | {rows[0]['problem']} |" + " |" * 12)
             continue
         gsps = sum(r["grad_steps_per_s"] for r in rows)
-        psps = total[variant, k]
-        single = total.get((variant, 1))
+        psps = total[variant, arrangement]
+        single = total.get((variant, ALONE))
+        slowest = min(r["policy_steps_per_s"] for r in rows) / single if single else None
         evals = [r["eval_s"] for r in rows if r["eval_s"] is not None]
         eval_s = sum(evals) / len(evals) if evals else None
         # Wall time of one trial between two evaluations, at this per-trial speed, against one evaluation's time
         share = eval_s / (eval_s + eval_every / (psps / k)) if eval_s is not None and psps > 0 else None
-        peaks = [r["peak_gpu_gib"] for r in rows if r["peak_gpu_gib"] is not None]
+        processes = {r["pid"]: r for r in rows}.values()
+        cores = sum(r["process_cores"] for r in processes)
+        peaks = [r["process_peak_gpu_gib"] for r in processes if r["process_peak_gpu_gib"] is not None]
         lines.append(
-            f"| {variant} | {k} | {gsps:.2f} | {psps:.2f} | {_fmt(psps / base if base else None)} "
-            f"| {_fmt(psps / single if single else None)} | {max(r['startup_s'] for r in rows):.0f} "
-            f"| {max(r['warmup_s'] for r in rows):.0f} | {_fmt(eval_s, '.1f')} | {_fmt(share, '.1%')} "
-            f"| {_fmt(max(peaks) if peaks else None)} | {_fmt(rows[0]['kernels_per_step'], 'd')} "
-            f"| {_fmt(rows[0]['syncs_per_step'], 'd')} |"
+            f"| {variant} | {arrangement} | {k} | {gsps:.2f} | {psps:.2f} | {_fmt(psps / base if base else None)} "
+            f"| {_fmt(psps / single if single else None)} | {_fmt(slowest)} | {cores:.1f} "
+            f"| {max(r['startup_s'] for r in rows):.0f} | {max(r['warmup_s'] for r in rows):.0f} "
+            f"| {_fmt(eval_s, '.1f')} | {_fmt(share, '.1%')} | {_fmt(sum(peaks) if peaks else None)} "
+            f"| {_fmt(rows[0]['kernels_per_step'], 'd')} | {_fmt(rows[0]['syncs_per_step'], 'd')} |"
         )
     return "\n".join(lines)
 
@@ -495,7 +597,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tiny", action="store_true", help="tiny model and short episodes (CPU, CI)")
     parser.add_argument(
         "--runs",
-        help="comma-separated runs in order: a variant, or VARIANT*K for K processes of it at once (default: "
+        help="comma-separated runs in order: a variant, VARIANT*K for K processes of it at once, or VARIANT*PxM for "
+        "P processes of M runs each, side by side in threads (default: "
         f"{DEFAULT_RUNS}; with --tiny {TINY_RUNS}); variants: " + ", ".join(["numerics", *VARIANTS]),
     )
     parser.add_argument(
@@ -517,6 +620,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, default=5, help=argparse.SUPPRESS)
     parser.add_argument("--k", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--per-process", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--barrier", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--timed-eval", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--result", type=Path, default=None, help=argparse.SUPPRESS)
@@ -561,7 +665,7 @@ def report(args: argparse.Namespace, results: dict, numerics: dict[str, Any] | N
             text += f"Host synchronisations per gradient step: {syncs}\n"
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
-    raw = {f"{v}_k{k}": rows for (v, k), rows in results.items()} | {"numerics": numerics}
+    raw = {f"{v}_k{arrangement}": rows for (v, arrangement), rows in results.items()} | {"numerics": numerics}
     args.out.with_suffix(".json").write_text(json.dumps(raw, indent=1))
     return text
 
@@ -569,29 +673,30 @@ def report(args: argparse.Namespace, results: dict, numerics: dict[str, Any] | N
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.worker is not None:
-        result = run_numerics(args) if args.worker == "numerics" else run_worker(args)
+        result = [run_numerics(args)] if args.worker == "numerics" else run_worker(args)
         args.result.write_text(json.dumps(result))
         return 0
-    runs = [(v, int(k or 1)) for v, _, k in (r.partition("*") for r in args.runs.split(",") if r)]
+    runs = [(v, Arrangement.parse(a or "1")) for v, _, a in (r.partition("*") for r in args.runs.split(",") if r)]
     unknown = [v for v, _ in runs if v != "numerics" and v not in VARIANTS]
     if unknown:
         raise SystemExit(f"throughput.py: error: unknown variant {unknown[0]!r}; choose from {', '.join(VARIANTS)}")
     deadline = time.time() + args.budget
-    results: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    results: dict[tuple[str, Arrangement], list[dict[str, Any]]] = {}
     numerics = None
-    for variant, k in runs:
-        if k > 1 and "problem" in results.get((variant, 1), [{}])[0]:
-            # Without a working K=1 run of this variant, K runs of the plain JEPA step still measure the scaling
+    for variant, arrangement in runs:
+        if arrangement != ALONE and "problem" in results.get((variant, ALONE), [{}])[0]:
+            # Without a working run of this variant alone, the plain JEPA step still measures the scaling
             variant = "jepa"
         if time.time() > deadline - 30:
-            rows = [{"variant": variant, "k": k, "problem": "skipped (budget)"}]
+            rows = [{"variant": variant, "k": arrangement.k, "problem": "skipped (budget)"}]
         else:
-            rows = launch(args, variant, k, deadline, evaluate=(variant, k) == (args.evaluate, 1))
-        print(f"{variant} K={k}: {json.dumps(rows)}", flush=True)
+            evaluate = (variant, arrangement) == (args.evaluate, ALONE)
+            rows = launch(args, variant, arrangement, deadline, evaluate)
+        print(f"{variant} {arrangement}: {json.dumps(rows)}", flush=True)
         if variant == "numerics":
             numerics = rows[0]
         else:
-            results[variant, k] = rows
+            results[variant, arrangement] = rows
         text = report(args, results, numerics)  # after every run: a run out of time keeps what was measured
     print(text)
     return 0

@@ -8,7 +8,7 @@ completes or fails on its own, and its slot takes the next one at once.
 
 Before each decision, trials whose worker is gone are failed and queued again (`study.fail_lost_trials`); a trial
 that fails is queued again with the same parameters (up to --max-retries), unless it ended before training. While
-the trials left run in other workers, the loop waits for them (and takes over any whose worker dies).
+the trials left run in other slots or workers, the loop waits for them (and takes over any whose worker dies).
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ WAIT_NOTE_S = 60.0
 
 @dataclass(frozen=True)
 class Decision:
-    """What the loop does next: train a trial (`start`), wait for other workers' trials (`wait`, saying `why`),
-    or stop."""
+    """What the loop does next: train a trial (`start`), wait for the trials of other slots or workers (`wait`,
+    saying `why`), or stop."""
 
     action: str
     why: str = ""
@@ -49,7 +49,7 @@ def waiting_for(running: list[FrozenTrial]) -> str:
     for t in running:
         worker = t.user_attrs.get(WORKER_ATTR) or {}
         where.append(f"{t.number} ({worker.get('host', '?')}:{worker.get('pid', '?')})")
-    return f"waiting for {len(running)} trial(s) running in other workers: {', '.join(where)}"
+    return f"waiting for {len(running)} trial(s) that other slots or workers run: {', '.join(where)}"
 
 
 def run_trials(

@@ -32,32 +32,39 @@ def test_benchmark_runs_on_the_cpu_and_prints_ratios_against_sheeprl(tmp_path):
 
     out = tmp_path / "throughput.md"
     command = [sys.executable, str(REPO / "bench" / "throughput.py"), "--tiny"]
-    command += ["--runs", "sheeprl,jepa,jepa*2", "--window", "3", "--warmup", "3", "--out", str(out)]
+    command += ["--runs", "sheeprl,jepa,jepa*1x2", "--window", "3", "--warmup", "3", "--out", str(out)]
     subprocess.run(command, check=True, timeout=900, env={**os.environ, "MUJOCO_GL": "egl"})
     runs = json.loads(out.with_suffix(".json").read_text())
     assert runs.pop("numerics") is None  # not asked for
-    assert set(runs) == {"sheeprl_k1", "jepa_k1", "jepa_k2"}
+    assert set(runs) == {"sheeprl_k1", "jepa_k1", "jepa_k1x2"}
     for name, rows in runs.items():
-        assert len(rows) == int(name[-1])
+        assert len(rows) == (2 if name == "jepa_k1x2" else 1)
         for row in rows:
             assert "problem" not in row, row
             assert row["grad_steps_per_s"] > 0 and row["policy_steps_per_s"] > 0 and row["window_s"] >= 3
+            assert 0.2 < row["process_cores"] <= os.cpu_count() + 0.5  # the process and its environment processes
+    side_by_side = runs["jepa_k1x2"]
+    assert len({r["pid"] for r in side_by_side}) == 1 and len({r["seed"] for r in side_by_side}) == 2
     # Operators of one plain step, counted through the dispatcher: the JEPA loss adds a few batched ones to SheepRL's
-    # step (tests/test_jepa.py proves the step without it is SheepRL's)
+    # step (tests/test_jepa.py proves the step without it is SheepRL's); not counted beside another run
     kernels = {name: rows[0]["kernels_per_step"] for name, rows in runs.items()}
     assert 1000 < kernels["sheeprl_k1"] < kernels["jepa_k1"] < kernels["sheeprl_k1"] * 1.1
+    assert kernels["jepa_k1x2"] is None
     # Host reads of one step (on the CPU most are checks CUDA leaves to the device): ours drops at least SheepRL's
     # `if actor_grads:` and `if critic_grads:` (jepa_dreamer/behaviour.py)
     syncs = {name: rows[0]["syncs_per_step"] for name, rows in runs.items()}
     assert 0 < syncs["jepa_k1"] <= syncs["sheeprl_k1"] - 2, syncs
-    # Our runs also timed one evaluation; SheepRL's loop has none
+    # Our run alone also timed one evaluation; SheepRL's loop has none
     assert runs["sheeprl_k1"][0]["eval_s"] is None and runs["jepa_k1"][0]["eval_s"] > 0
     lines = out.read_text().splitlines()
-    rows = {tuple(c.strip() for c in line.split("|")[1:3]): line for line in lines if line.startswith("| ")}
-    assert rows["sheeprl", "1"].split("|")[5].strip() == "1.00"  # the baseline's ratio to itself
-    total = sum(r["policy_steps_per_s"] for r in runs["jepa_k2"])
-    ratio = float(rows["jepa", "2"].split("|")[6])  # K=2 over K=1
-    assert ratio == pytest.approx(total / runs["jepa_k1"][0]["policy_steps_per_s"], abs=0.01)
+    rows = {tuple(c.strip() for c in line.split("|")[1:3]): line.split("|") for line in lines if line.startswith("| ")}
+    assert rows["sheeprl", "1"][6].strip() == "1.00"  # the baseline's ratio to itself
+    alone = runs["jepa_k1"][0]["policy_steps_per_s"]
+    total = sum(r["policy_steps_per_s"] for r in side_by_side)
+    assert float(rows["jepa", "1x2"][3]) == 2  # K
+    assert float(rows["jepa", "1x2"][7]) == pytest.approx(total / alone, abs=0.01)  # × alone
+    slowest = min(r["policy_steps_per_s"] for r in side_by_side) / alone
+    assert float(rows["jepa", "1x2"][8]) == pytest.approx(slowest, abs=0.01)
 
 
 def _simulate_gpus(monkeypatch, count: int, gib: int = 80) -> None:
