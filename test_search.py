@@ -64,12 +64,14 @@ def _quick_check_argv(out: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def seed_search(tmp_path_factory) -> Path:
     """The README's quick check (the seed's dry run: 4 real trials), run as a command as the README says, with the
-    tests' budget and TensorBoard and W&B (offline) on; shared by the tests that only read it (copy it before
-    changing it)."""
+    tests' budget, two worker processes, and TensorBoard and W&B (offline) on; shared by the tests that only read
+    it (copy it before changing it)."""
     command = _readme_quick_check()
     assert command[:2] == ["python", "search_phase1.py"] and "--dry-run" in command
     out = tmp_path_factory.mktemp("seed") / "test_runs"
     command = [sys.executable, command[1], *_quick_check_argv(out), "--tensorboard", "--wandb-project", "jepa"]
+    # Two trials at a time in two worker processes (on 2 cores faster than one after the other)
+    command += ["--trials-per-device", "2"]
     started = time.perf_counter()
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=1200)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -114,7 +116,11 @@ def test_readme_quick_check_trains_four_trials_and_writes_every_file(seed_search
         assert (folder / "run" / "version_0" / "config.yaml").exists()
     for name in ("results.csv", "topk.json", "best_config.yaml", "SUMMARY.md"):
         assert (seed_search / name).stat().st_size > 0
-    assert "finished 4/4 (" in (seed_search / "search.log").read_text()
+    log = (seed_search / "search.log").read_text()
+    assert "finished 4/4 (" in log and "w0]" in log and "w1]" in log  # both workers trained
+    first, second = sorted(trials, key=lambda t: t.datetime_start)[:2]
+    assert second.datetime_start < first.datetime_complete  # at the same time
+    assert not list(seed_search.rglob(".*.tmp*"))  # both workers rewrote the artifacts through temporary files
 
 
 def test_training_log_has_every_interval_and_evaluation_and_no_warning(seed_search):

@@ -47,6 +47,9 @@ def trial_overrides(
         "checkpoint.keep_last=1",
         f"metric.log_level={1 if settings.tensorboard else 0}",
     ]
+    if settings.trials_per_process > 1:
+        # Trials side by side share the process's interpreter: their environments step in processes of their own
+        overrides.append("env.sync_env=False")
     if settings.dry_run:
         overrides += DRY_RUN_OVERRIDES
     return [*overrides, *settings.overrides, *output_overrides(str(trial_dir), "run")]
