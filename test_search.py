@@ -28,10 +28,12 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 import yaml  # noqa: E402
 
+from jepa_dreamer.runner import run  # noqa: E402
 from jepa_search.cli import main  # noqa: E402
 from jepa_search.objective import Objective  # noqa: E402
+from jepa_search.progress import printer  # noqa: E402
 from jepa_search.results import HISTORY_COLUMNS  # noqa: E402
-from jepa_search.search import run_search  # noqa: E402
+from jepa_search.search import run_search, run_stages  # noqa: E402
 from jepa_search.space import configuration, is_control  # noqa: E402
 from jepa_search.stats import probability_of_improvement  # noqa: E402
 from jepa_search.study import open_study  # noqa: E402
@@ -294,29 +296,54 @@ def test_a_trial_in_a_subprocess_on_our_compiled_route_and_its_phase2_command_ke
     assert "compile_steps: true" in job.stdout, job.stdout[-3000:]
 
 
-def test_real_confirmation_of_the_best_configuration_and_the_control_on_fresh_seeds(tmp_path):
+def test_real_confirmation_two_at_a_time_after_a_search_whose_failing_trial_failed_alone(tmp_path):
+    # Two runs at a time, side by side in one process (two slots), evaluated at 128 and 256 steps: the search (the
+    # control and one configuration), then the confirmation. The configuration's first try fails after its first
+    # evaluation while the control trains on in the other slot; its retry finishes it
     out = tmp_path / "confirm"
-    # One evaluation per trial and run (256 steps): the final evaluation never prunes. Two at a time, side by side in
-    # this process (on 2 cores about 1.2x as fast as one after the other)
     argv = [
         *SMALL,
-        *("--fidelity-frac", "0.1", "--eval-episodes", "1", "--n-trials", "2", "--output-dir", str(out)),
+        *("--fidelity-frac", "0.1", "--eval-every", "128", "--eval-episodes", "1", "--n-trials", "2"),
         *("--confirm-top-k", "1", "--confirm-seeds", "2", "--trials-per-device", "2", "--trials-per-process", "2"),
+        *("--output-dir", str(out)),
     ]
-    assert main(argv) == 0
+    settings = settings_from_argv(argv)
+    out.mkdir()
+
+    failures = []
+
+    def first_try_fails(cfg, hook, on_log=None, cancel=None):
+        if cfg.algo.jepa_coef == 0 or failures:
+            return run(cfg, hook, on_log, cancel)
+
+        def then_fail(evaluation):
+            hook(evaluation)
+            failures.append(evaluation)
+            raise RuntimeError("diverged after its first evaluation")
+
+        return run(cfg, then_fail, on_log, cancel)
+
+    assert run_stages(open_study(settings), settings, printer(), first_try_fails) == 0
     study = _study(out)
-    (jepa,) = [t for t in study.trials if not is_control(t)]
+    control, failed, jepa = study.trials
+    assert (control.state.name, failed.state.name, jepa.state.name) == ("COMPLETE", "FAIL", "COMPLETE")
+    assert is_control(control) and jepa.system_attrs["failed_trial"] == failed.number and jepa.params == failed.params
+    assert failed.datetime_start < control.datetime_complete  # side by side
+    assert failed.user_attrs["fail_reason"] == "RuntimeError: diverged after its first evaluation"
+    for t in study.trials:  # each training.log has its own trial's lines only
+        log = (out / f"trial_{t.number}" / "training.log").read_text()
+        assert f"trial {t.number}: " in log and not any(f"trial {n}: " in log for n in range(3) if n != t.number)
     runs = pd.read_csv(out / "confirm.csv")  # 2 configurations x 2 seeds
     assert len(runs) == 4 and set(runs["state"]) == {"COMPLETE"}
     assert set(runs["configuration"]) == {"control", f"trial {jepa.number}"}
     assert set(runs["seed"]) == {3 + 1_000_000, 3 + 1_000_001}  # disjoint from the search's seeds (3, 4)
-    for run in runs.to_dict("records"):
-        folder = out / run["run_dir"]
+    for run_ in runs.to_dict("records"):
+        folder = out / run_["run_dir"]
         results = json.loads((folder / "results.json").read_text())
         history = pd.read_csv(folder / "history.csv")
-        assert results["state"] == "COMPLETE" and results["seed"] == run["seed"] and results["steps"] == 256
-        assert run["return"] == pytest.approx(results["objective"]) == pytest.approx(history["smoothed_return"].max())
-        assert "Eval 1 at policy_step=256" in (folder / "training.log").read_text()
+        assert results["state"] == "COMPLETE" and results["seed"] == run_["seed"] and results["steps"] == 256
+        assert run_["return"] == pytest.approx(results["objective"]) == pytest.approx(history["smoothed_return"].max())
+        assert "Eval 2 at policy_step=256" in (folder / "training.log").read_text()
     section = (out / "SUMMARY.md").read_text().split("## Confirmation")[1].split("\n## ")[0]
     returns = {c: sorted(g["return"]) for c, g in runs.groupby("configuration")}
     table = {row[0]: row for row in markdown_rows(section)}
@@ -331,7 +358,7 @@ def test_real_confirmation_of_the_best_configuration_and_the_control_on_fresh_se
     assert "ranked by the confirmation" in (out / "best_config.yaml").read_text()
     # Only the confirmation, on the existing study: every run is done, nothing is trained again
     assert main([*argv, "--confirm-only"]) == 0
-    assert len(pd.read_csv(out / "confirm.csv")) == 4 and len(_study(out).trials) == 2
+    assert len(pd.read_csv(out / "confirm.csv")) == 4 and len(_study(out).trials) == 3
 
 
 def _killed_when(out: Path, ready, log: Path) -> dict[str, int]:

@@ -1,5 +1,4 @@
-"""Throughput: the benchmark on the CPU with a tiny model, the compiled-step setting, and trials at once (in worker
-processes and side by side in one)."""
+"""Throughput: the benchmark on the CPU with a tiny model, the compiled-step setting, and trials at once."""
 
 from __future__ import annotations
 
@@ -10,18 +9,14 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
-import optuna
 import pytest
 
 from jepa_dreamer.presets import COMPILE_KEYS
-from jepa_dreamer.runner import run
 from jepa_search.cli import main
 from jepa_search.overrides import trial_overrides
-from jepa_search.progress import WORKER_ENV, printer
-from jepa_search.search import run_stages
-from jepa_search.study import open_study
+from jepa_search.progress import WORKER_ENV
 from jepa_search.workers import worker_commands
-from tests.helpers import SMALL, base_args, settings_for, settings_from_argv
+from tests.helpers import base_args, settings_for
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -146,38 +141,6 @@ def test_workers_are_spread_over_the_gpus_named(tmp_path, monkeypatch):
     assert [env[WORKER_ENV] for _, env in commands] == ["w0/gpu0", "w1/gpu1", "w2/gpu0", "w3/gpu1"]
     for command, _ in commands:  # the last value of a repeated flag wins: one trial at a time, one visible GPU
         assert command[-4:] == ["--trials-per-device", "1", "--gpus", "0"]
-
-
-@pytest.mark.slow
-def test_trials_side_by_side_in_one_process_train_for_real_and_a_failing_one_fails_alone(tmp_path):
-    # Two slots of one process train real trials at once; the first fails after its first evaluation, and its slot
-    # takes the next trial while the other trains on
-    out = tmp_path / "side"
-    argv = [*SMALL, "--fidelity-frac", "0.1", "--eval-every", "128", "--pruner", "none", "--no-control"]
-    argv += ["--n-trials", "2", "--max-retries", "0", "--trials-per-device", "2", "--trials-per-process", "2"]
-    settings = settings_from_argv([*argv, "--output-dir", str(out)])
-    out.mkdir()
-
-    def first_fails(cfg, hook, on_log=None, cancel=None):
-        def then_fail(evaluation):
-            hook(evaluation)
-            raise RuntimeError("diverged after its first evaluation")
-
-        return run(cfg, then_fail if cfg.seed == settings.seed0 else hook, on_log, cancel)
-
-    assert run_stages(open_study(settings), settings, printer(), first_fails) == 0
-    study = optuna.load_study(study_name=settings.study_name, storage=settings.storage)
-    trials = study.get_trials()
-    assert [t.state.name for t in trials] == ["FAIL", "COMPLETE", "COMPLETE"]
-    assert trials[1].datetime_start < trials[0].datetime_complete  # side by side
-    assert trials[0].user_attrs["fail_reason"] == "RuntimeError: diverged after its first evaluation"
-    for t in trials:
-        folder = out / f"trial_{t.number}"
-        assert json.loads((folder / "results.json").read_text())["evaluations"] == (1 if t.number == 0 else 2)
-        log = (folder / "training.log").read_text()  # the trial's own lines only
-        assert f"trial {t.number}: " in log and "Eval 1 at policy_step=128" in log
-        assert not any(f"trial {n}: " in log for n in range(3) if n != t.number)
-    assert (out / "SUMMARY.md").exists() and (out / "results.csv").exists()
 
 
 @pytest.mark.slow
