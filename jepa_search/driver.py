@@ -122,8 +122,9 @@ def run_trials(
 def _run_slots(slot: Callable[[], None], count: int, cancel: threading.Event) -> None:
     """`count` threads running `slot`; the first error of one (or an interrupt here) cancels the others."""
     errors: list[BaseException] = []
+    ended = [threading.Event() for _ in range(count)]
 
-    def guarded() -> None:
+    def guarded(i: int) -> None:
         try:
             slot()
         except KeyboardInterrupt:
@@ -131,18 +132,27 @@ def _run_slots(slot: Callable[[], None], count: int, cancel: threading.Event) ->
         except BaseException as e:
             errors.append(e)
             cancel.set()
+        finally:
+            ended[i].set()
 
-    threads = [threading.Thread(target=guarded, name=f"slot{i}") for i in range(count)]
+    def wait_for_all() -> None:
+        # Timed waits on events, not `Thread.join`: a signal that interrupts a join can mark the thread as ended
+        # while it still runs (CPython 3.11), and the trials it trains would be queued again before they fail
+        for event in ended:
+            while not event.wait(0.2):
+                pass
+
+    threads = [threading.Thread(target=guarded, args=(i,), name=f"slot{i}") for i in range(count)]
     for thread in threads:
         thread.start()
     try:
-        for thread in threads:
-            while thread.is_alive():
-                thread.join(0.2)  # timed: this thread stays free to take a signal
+        wait_for_all()
     except KeyboardInterrupt:
         cancel.set()
-        for thread in threads:
-            thread.join()
+        wait_for_all()
         raise
+    finally:
+        for thread in threads:
+            thread.join()  # past their slots' end
     if errors:
         raise errors[0]

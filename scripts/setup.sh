@@ -17,8 +17,6 @@ fi
 
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
-# Without bytecode: pip would compile every module of every package (half the install), Python compiles the ones
-# imported, once
-.venv/bin/python -m pip install -q --no-compile -r requirements_search.txt
+.venv/bin/python -m pip install -q -r requirements_search.txt
 # The build prints setuptools' warnings on every run: shown only when the install fails
 log=$(.venv/bin/python -m pip install -q --no-deps -e . 2>&1) || { echo "$log" >&2; exit 1; }
