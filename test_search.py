@@ -297,15 +297,15 @@ def test_a_trial_in_a_subprocess_on_our_compiled_route_and_its_phase2_command_ke
 
 
 def test_real_confirmation_two_at_a_time_after_a_search_whose_failing_trial_failed_alone(tmp_path):
-    # Two runs at a time, side by side in one process (two slots), evaluated at 128 and 256 steps: the search (the
-    # control and one configuration), then the confirmation. The configuration's first try fails after its first
-    # evaluation while the control trains on in the other slot; its retry finishes it
+    # Two runs at a time, side by side in one process (two slots), evaluated every 128 steps: the search (the control
+    # and one configuration, 256 steps each), then the confirmation (128 steps each). The configuration's first try
+    # fails after its first evaluation while the control trains on in the other slot; its retry finishes it
     out = tmp_path / "confirm"
     argv = [
         *SMALL,
         *("--fidelity-frac", "0.1", "--eval-every", "128", "--eval-episodes", "1", "--n-trials", "2"),
-        *("--confirm-top-k", "1", "--confirm-seeds", "2", "--trials-per-device", "2", "--trials-per-process", "2"),
-        *("--output-dir", str(out)),
+        *("--confirm-top-k", "1", "--confirm-seeds", "2", "--confirm-steps", "128"),
+        *("--trials-per-device", "2", "--trials-per-process", "2", "--output-dir", str(out)),
     ]
     settings = settings_from_argv(argv)
     out.mkdir()
@@ -341,9 +341,9 @@ def test_real_confirmation_two_at_a_time_after_a_search_whose_failing_trial_fail
         folder = out / run_["run_dir"]
         results = json.loads((folder / "results.json").read_text())
         history = pd.read_csv(folder / "history.csv")
-        assert results["state"] == "COMPLETE" and results["seed"] == run_["seed"] and results["steps"] == 256
+        assert results["state"] == "COMPLETE" and results["seed"] == run_["seed"] and results["steps"] == 128
         assert run_["return"] == pytest.approx(results["objective"]) == pytest.approx(history["smoothed_return"].max())
-        assert "Eval 2 at policy_step=256" in (folder / "training.log").read_text()
+        assert "Eval 1 at policy_step=128" in (folder / "training.log").read_text()
     section = (out / "SUMMARY.md").read_text().split("## Confirmation")[1].split("\n## ")[0]
     returns = {c: sorted(g["return"]) for c, g in runs.groupby("configuration")}
     table = {row[0]: row for row in markdown_rows(section)}

@@ -131,19 +131,21 @@ def test_pruning_really_stops_bad_trials(tmp_path, pruner):
 
 @pytest.mark.slow
 def test_a_search_covering_the_space_trains_every_configuration_once_and_the_control(tmp_path):
-    s = settings_for(tmp_path, "--n-trials", "19")  # the control and the 18 configurations of the default space
+    space = tmp_path / "space.yaml"
+    space.write_text("variable:\n  jepa_coef: [0.3, 1.0, 3.0]\n  jepa_ema: [0.992, 0.999]\n")
+    s = settings_for(tmp_path, "--n-trials", "7", "--search-space", str(space))  # the control and 6 configurations
     s.output_dir.mkdir()
     study = open_study(s)
     assert run_search(study, s, Objective(s, print, trainer=scripted_trainer)) == 0
     trials = study.get_trials()
-    assert len(trials) == 19 and {t.state.name for t in trials} <= {"COMPLETE", "PRUNED"}
+    assert len(trials) == 7 and {t.state.name for t in trials} <= {"COMPLETE", "PRUNED"}
     (control,) = [t for t in trials if is_control(t)]
     assert control.state.name == "COMPLETE" and configuration(control) == {"jepa_coef": 0.0}
-    assert len({tuple(t.params.values()) for t in trials if not is_control(t)}) == 18 == s.space.size()
+    assert len({tuple(t.params.values()) for t in trials if not is_control(t)}) == 6 == s.space.size()
     # A rerun with more trials has nothing left to train
-    s = settings_for(tmp_path, "--n-trials", "25")
+    s = settings_for(tmp_path, "--n-trials", "10", "--search-space", str(space))
     assert run_search(open_study(s), s, Objective(s, print, trainer=scripted_trainer)) == 0
-    assert len(study.get_trials()) == 19
+    assert len(study.get_trials()) == 7
     table = pd.read_csv(s.output_dir / "results.csv")
     assert table.loc[table["control"], "jepa_coef"].tolist() == [0.0]
     top = json.loads((s.output_dir / "topk.json").read_text())
