@@ -105,6 +105,16 @@ def test_phase2_command_keeps_the_compiled_route_the_trials_trained_with(tmp_pat
     [
         (["--trials-per-device", "0"], "--trials-per-device 0 must be positive"),
         (["--trials-per-device", "four"], "--trials-per-device 'four' must be a whole number or auto"),
+        (["--trials-per-process", "0"], "--trials-per-process 0 must be positive"),
+        (["--trials-per-device", "3", "--trials-per-process", "2"], "must divide --trials-per-device 3 (the"),
+        (
+            ["--trials-per-process", "2", "--isolation", "subprocess"],
+            "--isolation subprocess each in a process of its own: use --trials-per-device 2 with",
+        ),
+        (
+            ["--trials-per-process", "2", "--objectives", "return,peak_gpu_memory"],
+            "trials that share a process share its peak memory",
+        ),
         (["--device", "cpu", "--gpus", "0"], "--gpus 0 with --device cpu"),
         (["--gpus", "0"], "--gpus 0: no CUDA GPU is visible"),
         (["--override", "algo.compile.enabled=True"], "set by the search itself; use its own flag"),
@@ -120,6 +130,9 @@ def test_bad_parallel_flags_are_one_line(tmp_path, capsys, extra, message):
 
 def test_trials_per_device_auto_fills_each_gpu_while_there_are_cores_for_its_trials(tmp_path, monkeypatch):
     assert settings_for(tmp_path).trials_per_device == 1  # no GPU: one trial at a time on the CPU
+    side_by_side = settings_for(tmp_path, "--trials-per-process", "2")  # auto: at least one process's trials
+    assert (side_by_side.trials_per_device, side_by_side.n_workers) == (2, 1)
+    assert "env.sync_env=False" in trial_overrides(side_by_side, {}, 0, tmp_path)  # environments in processes
     for cores, gib, per_gpu in ((64, 80, 4), (16, 80, 2), (4, 80, 1), (64, 12, 3), (64, 2, 1)):
         _simulate_gpus(monkeypatch, 2, gib)
         monkeypatch.setattr(os, "cpu_count", lambda cores=cores: cores)
@@ -141,6 +154,10 @@ def test_workers_are_spread_over_the_gpus_named(tmp_path, monkeypatch):
     assert [env[WORKER_ENV] for _, env in commands] == ["w0/gpu0", "w1/gpu1", "w2/gpu0", "w3/gpu1"]
     for command, _ in commands:  # the last value of a repeated flag wins: one trial at a time, one visible GPU
         assert command[-4:] == ["--trials-per-device", "1", "--gpus", "0"]
+    # 2 GPUs x 4 trials, 2 side by side in each worker: 4 workers of 2 trials
+    s = dataclasses.replace(s, trials_per_device=4, trials_per_process=2)
+    commands = list(worker_commands(["--env", "dmc", "--trials-per-process", "2"], s).values())
+    assert s.n_workers == 4 and [command[-4:-2] for command, _ in commands] == [["--trials-per-device", "2"]] * 4
 
 
 @pytest.mark.slow
