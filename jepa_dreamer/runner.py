@@ -91,7 +91,8 @@ class _ProcessSettings:
         torch.set_num_threads(threads)
         torch.set_float32_matmul_precision(precision)
         Distribution.set_default_validate_args(validate)
-        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = benchmark, deterministic
+        # Only these two of cuDNN's flags (its setter would reset CUDA's fp32 precision too by default)
+        torch.backends.cudnn.set_flags(_benchmark=benchmark, _deterministic=deterministic, _fp32_precision=None)
 
     @contextlib.contextmanager
     def held(self, cfg: dotdict) -> Iterator[None]:
