@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import multiprocessing
 import os
 from collections.abc import Callable, Sequence
@@ -23,12 +24,27 @@ def render_headless() -> None:
 # What the fork server imports once for every environment process it starts: unpickling SheepRL's `make_env` thunk
 # imports SheepRL (and torch and every algorithm with it), seconds of CPU per process. Not dm_control: importing it
 # opens an EGL display (MUJOCO_GL=egl), which a fork must not copy
-FORKSERVER_PRELOAD = ("sheeprl.utils.env",)
+FORKSERVER_PRELOAD = ("sheeprl.utils.env", "jepa_dreamer.envs")
+
+
+def with_shadow_size(thunk: Callable[[], gym.Env], size: int) -> gym.Env:
+    """The environment `thunk` makes, its MuJoCo scene rendered with a shadow map of `size` pixels (0: no shadows).
+    Set before its first frame, when MuJoCo makes the rendering context that reads it; an environment without
+    MuJoCo is left as it is."""
+    env = thunk()
+    # SheepRL's DMC wrapper holds the dm_control environment as `env`
+    physics = getattr(getattr(env.unwrapped, "env", None), "physics", None)
+    if physics is not None:
+        physics.model.vis.quality.shadowsize = size
+    return env
 
 
 def make_vector_env(cfg: dict[str, Any], thunks: Sequence[Callable[[], gym.Env]]) -> gym.vector.VectorEnv:
-    """SheepRL's vector env (`env.sync_env`). Parallel environments start from a fork server, not by forking this
-    process: a fork of a process that already renders (EGL) or runs torch threads can deadlock in the child."""
+    """SheepRL's vector env (`env.sync_env`), with `env.shadow_size` when set. Parallel environments start from a
+    fork server, not by forking this process: a fork of a process that already renders (EGL) or runs torch threads
+    can deadlock in the child."""
+    if cfg.env.get("shadow_size") is not None:
+        thunks = [functools.partial(with_shadow_size, thunk, int(cfg.env.shadow_size)) for thunk in thunks]
     if cfg.env.sync_env:
         return get_vector_env_cls(True)(list(thunks))
     # Taken when the fork server starts (the first parallel env of the process); `__main__` is multiprocessing's own

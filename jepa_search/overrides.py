@@ -18,6 +18,7 @@ DRY_RUN_OVERRIDES = (
     "algo.per_rank_sequence_length=16",
     "env.num_envs=2",
     "env.sync_env=False",
+    "env.shadow_size=0",
     "env.action_repeat=1",
     "env.max_episode_steps=100",
     "algo.learning_starts=256",

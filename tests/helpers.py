@@ -21,11 +21,13 @@ from jepa_search.parser import build_parser
 from jepa_search.settings import SearchSettings
 from jepa_search.validate import settings_from_args
 
-# A tiny DMC walker run on the CPU: 2 envs, episodes of 100 policy steps, small buffer, no videos
+# A tiny DMC walker run on the CPU: 2 envs rendered without shadows, episodes of 100 policy steps, small buffer, no
+# videos
 TINY_RUN = (
     *TINY_MODEL_OVERRIDES,
     "fabric.accelerator=cpu",
     "env.num_envs=2",
+    "env.shadow_size=0",
     "env.max_episode_steps=100",
     "env.capture_video=False",
     "algo.learning_starts=64",
