@@ -31,6 +31,7 @@ from jepa_dreamer.dreamer_v3_jepa import TrainResult, train
 from jepa_dreamer.envs import render_headless
 from jepa_dreamer.evaluate import EvalHook
 from jepa_dreamer.metrics import LogSink
+from jepa_dreamer.shared import Shared
 
 # Hydra's composer is one global object: one composition at a time in this process
 _COMPOSE_LOCK = threading.Lock()
@@ -51,8 +52,7 @@ class _ProcessSettings:
     built in a step checks its arguments on the host."""
 
     def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.users = 0
+        self.shared = Shared()
         self.active: tuple[Any, ...] = ()
         self.saved: tuple[Any, ...] = ()
         self.saved_env: str | None = None
@@ -97,23 +97,20 @@ class _ProcessSettings:
     @contextlib.contextmanager
     def held(self, cfg: dotdict) -> Iterator[None]:
         wanted = self.wanted(cfg)
-        with self.lock:
-            if self.users == 0:
-                self.saved, self.saved_env, self.active = self.current(), os.environ.get("OMP_NUM_THREADS"), wanted
-                self.apply(wanted, str(wanted[0]))
-            elif wanted != self.active:
+
+        def first() -> None:
+            self.saved, self.saved_env, self.active = self.current(), os.environ.get("OMP_NUM_THREADS"), wanted
+            self.apply(wanted, str(wanted[0]))
+
+        def again() -> None:
+            if wanted != self.active:
                 raise ValueError(
                     f"runs side by side in one process must share the process settings (num_threads, "
                     f"float32_matmul_precision, distribution.validate_args, cudnn): {wanted} vs {self.active}"
                 )
-            self.users += 1
-        try:
+
+        with self.shared.held(first, lambda: self.apply(self.saved, self.saved_env), again):
             yield
-        finally:
-            with self.lock:
-                self.users -= 1
-                if self.users == 0:
-                    self.apply(self.saved, self.saved_env)
 
 
 process_settings = _ProcessSettings().held

@@ -25,6 +25,7 @@ from jepa_dreamer.dreamer_v3_jepa import TrainResult
 from jepa_dreamer.evaluate import EvalHook, EvalResult
 from jepa_dreamer.metrics import LogSink
 from jepa_dreamer.runner import compose_config, run
+from jepa_dreamer.shared import Shared
 from jepa_search.host import peak_memory_mib, trial_device, versions
 from jepa_search.progress import Progress, time_left
 from jepa_search.results import HistoryRow, TrialResult, append_history, read_history, smoothed, start_history
@@ -173,28 +174,8 @@ def _remove_training_state(folder: Path) -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
-class _CapturedWarnings:
-    """Python's warnings go to the `py.warnings` logger while at least one trial of this process runs."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.users = 0
-
-    @contextmanager
-    def held(self) -> Iterator[None]:
-        with self.lock:
-            self.users += 1
-            logging.captureWarnings(True)
-        try:
-            yield
-        finally:
-            with self.lock:
-                self.users -= 1
-                if self.users == 0:
-                    logging.captureWarnings(False)
-
-
-_captured_warnings = _CapturedWarnings()
+# Python's warnings go to the `py.warnings` logger while at least one trial of this process runs
+_captured_warnings = Shared()
 
 
 @contextmanager
@@ -206,7 +187,7 @@ def _training_log(path: Path) -> Iterator[None]:
     thread = threading.get_ident()
     handler.addFilter(lambda record: record.thread == thread)
     loggers = [logging.getLogger(name) for name in (*TRIAL_LOGGERS, __name__)]
-    with _captured_warnings.held():
+    with _captured_warnings.held(lambda: logging.captureWarnings(True), lambda: logging.captureWarnings(False)):
         for logger in loggers:
             logger.addHandler(handler)
         try:

@@ -80,3 +80,17 @@ def test_a_run_stopped_by_its_hook_resumes_from_its_checkpoint_with_its_jepa_sta
     assert [e.policy_step for e in resumed.evaluations] == [128, 256]
     assert resumed.evaluations[0] == first.evaluations[0]
     assert resumed.gradient_steps > state["per_rank_gradient_steps"] > 0
+
+
+def test_process_settings_are_held_by_runs_side_by_side_and_restored_after_the_last():
+    from jepa_dreamer.runner import process_settings
+
+    before = torch.get_num_threads()
+    one, two = resolved_cfg("num_threads=1"), resolved_cfg("num_threads=3")
+    with process_settings(one):
+        with process_settings(one):  # a second run beside the first: the same settings
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 1  # still held by the first
+        with pytest.raises(ValueError, match="must share the process settings"), process_settings(two):
+            pass
+    assert torch.get_num_threads() == before
