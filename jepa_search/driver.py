@@ -112,9 +112,8 @@ def run_trials(
             _run_slots(slot, settings.trials_per_process, objective.cancel)
     finally:
         # The trials an interrupt or an error stopped (Optuna failed them): queued again with the same parameters
-        stopped = {t.number: t for t in study.get_trials(deepcopy=False) if t.number in objective.running}
-        for trial in stopped.values():
-            if trial.state == TrialState.FAIL:
+        for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+            if trial.number in objective.running:
                 retry(study, trial)
         objective.running.clear()
 

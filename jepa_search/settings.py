@@ -102,10 +102,14 @@ class SearchSettings(StudyConfig):
     warnings: tuple[str, ...] = field(default=(), compare=False)
 
     @property
+    def processes_per_device(self) -> int:
+        """Worker processes on each device: its `trials_per_device` trials, `trials_per_process` in each."""
+        return self.trials_per_device // self.trials_per_process
+
+    @property
     def n_workers(self) -> int:
-        """Worker processes: `trials_per_device` trials on each GPU of `gpus` (or on the CPU when there are none),
-        `trials_per_process` in each."""
-        return self.trials_per_device // self.trials_per_process * max(1, len(self.gpus))
+        """Worker processes: `processes_per_device` on each GPU of `gpus`, or on the CPU when there are none."""
+        return self.processes_per_device * max(1, len(self.gpus))
 
     @property
     def confirm_evaluations(self) -> int:

@@ -52,7 +52,7 @@ def worker_commands(argv: Sequence[str], settings: SearchSettings) -> dict[str, 
     threads = str(min(share, int(os.environ.get("OMP_NUM_THREADS") or share)))
     commands: dict[str, tuple[list[str], dict[str, str]]] = {}
     per_process = str(settings.trials_per_process)
-    for _ in range(settings.trials_per_device // settings.trials_per_process):
+    for _ in range(settings.processes_per_device):
         for gpu in settings.gpus or (None,):
             name = f"w{len(commands)}" + (f"/gpu{gpu}" if gpu is not None else "")
             command = [sys.executable, str(SCRIPT), *argv, "--trials-per-device", per_process]
