@@ -34,6 +34,7 @@ from jepa_dreamer.evaluate import EvalHook, EvalResult, Evaluator
 from jepa_dreamer.graphed import host_batches
 from jepa_dreamer.learner import Learner
 from jepa_dreamer.metrics import IntervalLog, LogSink, MetricMeans
+from jepa_dreamer.shared import gpu_work
 from jepa_dreamer.utils import AGGREGATOR_KEYS
 
 log = logging.getLogger(__name__)
@@ -248,6 +249,8 @@ def train(
         for iter_num in schedule.iterations():
             if cancel is not None and cancel.is_set():
                 raise Cancelled(f"cancelled at policy step {policy_step}")
+            # A run beside this one in the process may need the device alone (to capture its step): it waits here
+            gpu_work.pause()
             policy_step += schedule.steps_per_iter
             last = iter_num == schedule.total_iters
 

@@ -15,7 +15,8 @@ On a CPU the same step runs without a graph, which lets the tests compare it wit
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import contextlib
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
@@ -25,6 +26,8 @@ from sheeprl.algos.dreamer_v3.utils import Moments
 from sheeprl.data.buffers import EnvIndependentReplayBuffer
 from torch import Tensor, nn
 from torch.optim import Optimizer
+
+from jepa_dreamer.shared import gpu_work
 
 # Real gradient steps run eagerly before the capture (PyTorch's whole-network example runs 3): they create the
 # optimisers' state, compile the `steps` route's graphs and initialise the libraries' handles on the capture stream
@@ -71,22 +74,43 @@ class InPlaceMoments(nn.Module):
         return offset, invscale
 
 
+def off_device(tensors: Iterable[tuple[str, Tensor]], device: torch.device) -> list[str]:
+    """The names of `tensors` that are not on `device` (by type and index: `cuda` is `cuda:0` on a one-GPU process)."""
+    index = (
+        device.index if device.index is not None else (torch.cuda.current_device() if device.type == "cuda" else None)
+    )
+    wanted = (device.type, index if device.type == "cuda" else None)
+    return [
+        name for name, t in tensors if (t.device.type, t.device.index if t.device.type == "cuda" else None) != wanted
+    ]
+
+
 class GraphedStep:
     """A gradient step `step(inputs) -> tensor` replayed as a CUDA graph from static inputs.
 
     Each call copies the batch into the static inputs and runs one real step: the first `warmup_steps` eagerly, on a
-    side stream of its own, the next one captures the graph and replays it, later ones replay it. Every object has its
-    own inputs, stream, graph and memory pool, so that several (one per trial) can live in one process. The output is
-    the graph's: the next call overwrites it. On a CPU, `step` runs uncaptured on the static inputs, into a static
-    output."""
+    side stream of its own (the last one alone on the device, where any host synchronisation raises: the capture
+    would fail on it), the next one captures the graph and replays it, later ones replay it. Every object has its own
+    inputs, stream, graph, memory pool and random stream (a copy of the device generator's state at the capture, which
+    each replay advances: graphs of the default state share the tensors that hand a replay its offset), so that
+    several (one per trial) can live in one process. The capture is alone on the device (`gpu_work`). Before the
+    first step and before the capture, every tensor of `state()` (weights, optimiser and normaliser states) must be on
+    the step's device: a tensor elsewhere is copied through the host at every step, which a capture refuses. The
+    output is the graph's: the next call overwrites it. On a CPU, `step` runs uncaptured on the static inputs, into a
+    static output, with the same checks."""
 
     def __init__(
-        self, step: Callable[[dict[str, Tensor]], Tensor], device: torch.device, warmup_steps: int = WARMUP_STEPS
+        self,
+        step: Callable[[dict[str, Tensor]], Tensor],
+        device: torch.device,
+        state: Callable[[], Iterable[tuple[str, Tensor]]],
+        warmup_steps: int = WARMUP_STEPS,
     ) -> None:
         self.step = step
         self.device = device
+        self.state = state
         self.warmup_steps = warmup_steps
-        self.warmed_up = 0
+        self.calls = 0
         self.inputs: dict[str, Tensor] = {}
         self.output: Tensor | None = None
         self.graph: torch.cuda.CUDAGraph | None = None
@@ -99,22 +123,32 @@ class GraphedStep:
 
     def __call__(self, batch: dict[str, Tensor]) -> Tensor:
         self._load(batch)
+        if self.calls in (0, self.warmup_steps):
+            self._check_devices()
+        self.calls += 1
         if self.stream is None:
             # No graph, but a static output all the same, which the next call overwrites as a replay does
             output = self.step(self.inputs)
             self.output = output if self.output is None else self.output.copy_(output)
             return self.output
-        if self.graph is None and self.warmed_up < self.warmup_steps:
-            self.warmed_up += 1
+        if self.calls < self.warmup_steps:
             return self._warm_up()
+        if self.calls == self.warmup_steps:
+            with gpu_work.alone(), _no_host_sync():
+                return self._warm_up()
         if self.graph is None:
-            self.graph = torch.cuda.CUDAGraph()
-            # Capture records the step without running it; the replay below runs it. `thread_local`: another trial's
-            # thread of this process may allocate or pin memory meanwhile, which is no error of this capture
-            with torch.cuda.graph(self.graph, stream=self.stream, capture_error_mode="thread_local"):
-                self.output = self.step(self.inputs)
+            with gpu_work.alone():
+                self._capture()
         self.graph.replay()
         return self.output
+
+    def _check_devices(self) -> None:
+        if off := off_device(self.state(), self.device):
+            more = f" and {len(off) - 3} more" if len(off) > 3 else ""
+            raise ValueError(
+                f"the graph route needs every tensor of its step on {self.device}, but {', '.join(off[:3])}{more} "
+                "are elsewhere: move them to the learner's device"
+            )
 
     def _load(self, batch: dict[str, Tensor]) -> None:
         """Copy `batch` into the static inputs (created at the first call; float32, as `sample_batches` gives)."""
@@ -136,6 +170,32 @@ class GraphedStep:
             output = self.step(self.inputs)
         current.wait_stream(self.stream)
         return output
+
+    def _capture(self) -> None:
+        """Record the step without running it, drawing its random numbers from a state of its own."""
+        generator = torch.cuda.default_generators[self.device.index or 0]
+        default = generator.graphsafe_get_state()
+        generator.graphsafe_set_state(generator.clone_state())
+        try:
+            self.graph = torch.cuda.CUDAGraph()
+            # `thread_local`: another trial's thread may still allocate or pin host memory, which is no error here
+            with torch.cuda.graph(self.graph, stream=self.stream, capture_error_mode="thread_local"):
+                self.output = self.step(self.inputs)
+        finally:
+            generator.graphsafe_set_state(default)
+
+
+@contextlib.contextmanager
+def _no_host_sync() -> Iterator[None]:
+    """Any host synchronisation raises meanwhile (a process-wide mode: hold the device alone)."""
+    before = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        yield
+    except RuntimeError as e:
+        raise RuntimeError(f"the graph route's step synchronises with the host, which a capture cannot: {e}") from e
+    finally:
+        torch.cuda.set_sync_debug_mode(before)
 
 
 def host_batches(cfg: dict[str, Any], rb: EnvIndependentReplayBuffer, n_steps: int) -> Iterator[dict[str, Tensor]]:

@@ -10,7 +10,7 @@ is replayed as one CUDA graph (`jepa_dreamer/graphed.py`).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import gymnasium as gym
@@ -106,9 +106,11 @@ class Learner:
                 make_capturable(opt)
         self.world_optimizer, self.actor_optimizer, self.critic_optimizer = fabric.setup_optimizers(*optimizers)
         moments_cfg = cfg.algo.actor.moments
+        # On the device from the start: SheepRL's step replaces its state with device tensors at its first call, but
+        # the graph route keeps the first ones (a copy through the host at every step, refused by a capture)
         self.moments = Moments(
             moments_cfg.decay, moments_cfg.max, moments_cfg.percentile.low, moments_cfg.percentile.high
-        )
+        ).to(fabric.device)
         if "moments" in state:
             self.moments.load_state_dict(state["moments"])
         # The graph route: the update of `_update` captured once and replayed (its normaliser updated in place)
@@ -116,7 +118,7 @@ class Learner:
         if cfg.algo.compile_graph:
             self._in_place_moments = InPlaceMoments(self.moments)
             self._graph_metrics: list[str] = []
-            self.graphed = GraphedStep(self._graph_update, fabric.device)
+            self.graphed = GraphedStep(self._graph_update, fabric.device, self.named_state)
         self.gradient_steps = int(state.get("per_rank_gradient_steps", 0))
         # Whether every loss since the start was finite: kept on the device, read once per iteration
         self._finite = torch.ones((), dtype=torch.bool, device=fabric.device)
@@ -236,6 +238,18 @@ class Learner:
         step_metrics = self._update(data, self._in_place_moments, measure_ratio=False, with_metrics=True)
         self._graph_metrics = list(step_metrics)
         return torch.stack([value.float() for value in step_metrics.values()])
+
+    def named_state(self) -> Iterator[tuple[str, Tensor]]:
+        """Every tensor a gradient step reads and then writes, by name: the models' weights and buffers, the
+        optimisers' states, the return normaliser's and the finiteness flag."""
+        yield "finite", self._finite
+        for part in ("world_model", "actor", "critic", "target_critic", "moments", "heads"):
+            module = getattr(self, part)
+            if module is not None:
+                yield from ((f"{part}.{n}", t) for n, t in (*module.named_parameters(), *module.named_buffers()))
+        for key in ("world_optimizer", "actor_optimizer", "critic_optimizer"):
+            for i, state in enumerate(getattr(self, key).state.values()):
+                yield from ((f"{key}.{i}.{n}", t) for n, t in state.items() if isinstance(t, Tensor))
 
     def raise_if_diverged(self, policy_step: int) -> None:
         """Fail fast on a NaN or infinite loss. One host sync, once per iteration (acting syncs there anyway):

@@ -6,7 +6,8 @@ it returns nothing and passes no hook.
 
 Several runs may train side by side in one process, each in its own thread (the trials of one search worker): on a
 GPU each run issues its kernels on a CUDA stream of its own, so that theirs overlap; what is process-wide (Hydra's
-composer, torch's threads and switches) is shared under a lock.
+composer, torch's threads and switches, Lightning's backward flag, the device while a graph is captured) is shared
+under a lock (`jepa_dreamer/shared.py`).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from jepa_dreamer.dreamer_v3_jepa import TrainResult, train
 from jepa_dreamer.envs import render_headless
 from jepa_dreamer.evaluate import EvalHook
 from jepa_dreamer.metrics import LogSink
-from jepa_dreamer.shared import Shared
+from jepa_dreamer.shared import Shared, SideBySideFabric, gpu_work
 
 # Hydra's composer is one global object: one composition at a time in this process
 _COMPOSE_LOCK = threading.Lock()
@@ -135,11 +136,14 @@ def run(
         cfg.log_root = log_root
     cfg = dotdict(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True))
     check_configs(cfg)
-    fabric = hydra.utils.instantiate(cfg.fabric, _convert_="all")
+    # Lightning's Fabric, whose backward passes runs side by side cannot interleave (`SideBySideFabric`)
+    fabric = hydra.utils.instantiate(
+        cfg.fabric, _target_=f"{SideBySideFabric.__module__}.SideBySideFabric", _convert_="all"
+    )
     fabric.seed_everything(cfg.seed, verbose=False)
     stream = torch.cuda.Stream(fabric.device) if fabric.device.type == "cuda" else None
     try:
-        with process_settings(cfg), torch.cuda.stream(stream):
+        with process_settings(cfg), gpu_work.shared(), torch.cuda.stream(stream):
             return fabric.launch(partial(train, hook=hook, on_log=on_log, cancel=cancel), cfg)
     finally:
         del fabric

@@ -16,7 +16,7 @@ from sheeprl.algos.dreamer_v2.utils import sample_batches
 from sheeprl.data.buffers import EnvIndependentReplayBuffer, SequentialReplayBuffer
 from torch.profiler import ProfilerActivity, profile
 
-from jepa_dreamer.graphed import check_graph_route, host_batches
+from jepa_dreamer.graphed import WARMUP_STEPS, check_graph_route, host_batches
 from jepa_dreamer.learner import Learner
 from jepa_dreamer.metrics import MetricMeans
 from jepa_dreamer.presets import output_overrides
@@ -61,8 +61,9 @@ class _Sink:
         self.values[name].append(value)
 
 
-def _step(learner: Learner, step: int, sink: Any = None) -> None:
-    torch.manual_seed(1000 + step)
+def _step(learner: Learner, step: int, sink: Any = None, reseed: bool = True) -> None:
+    if reseed:
+        torch.manual_seed(1000 + step)
     learner.train_step(synthetic_batch(step), sink, measure_ratio=False)
 
 
@@ -76,48 +77,55 @@ def _trained_state(learner: Learner) -> dict[str, Any]:
     return state
 
 
-def _state_tensors(learner: Learner) -> dict[str, torch.Tensor]:
-    """Every tensor a step reads and then writes: a replayed graph reads the ones it captured, so they must stay."""
-    tensors = {"finite": learner._finite}
-    for part in ("world_model", "actor", "critic", "target_critic", "moments", "heads"):
-        module = getattr(learner, part)
-        tensors |= {f"{part}.{n}": t for n, t in [*module.named_parameters(), *module.named_buffers()]}
-    for key in ("world_optimizer", "actor_optimizer", "critic_optimizer"):
-        optimizer = getattr(learner, key)
-        for i, state in enumerate(optimizer.state.values()):
-            tensors |= {f"{key}.{i}.{n}": t for n, t in state.items()}
-    return tensors
-
-
 @pytest.mark.slow
 def test_graph_route_trains_exactly_like_the_plain_step_and_keeps_its_state_in_place():
     plain, graph = _learner(False), _learner(True)
     assert_identical(_trained_state(graph), _trained_state(plain), "initial")
-    plain_sink, graph_sink = _Sink(), _Sink()
+    sinks = {plain: _Sink(), graph: _Sink()}
     low = plain.moments.low
-    for step in range(STEPS):
-        _step(plain, step, plain_sink)
-        _step(graph, step, graph_sink)
-        # The CPU runs the captured step's very code, in the same order, on the same random stream: bit for bit
-        assert_identical(_trained_state(graph), _trained_state(plain), f"step {step}")
-        if step == 0:  # the optimisers' state exists from the first step on (on a GPU: the warm-up's)
-            before = {name: (t, t.data_ptr()) for name, t in _state_tensors(graph).items()}
+    for learner, sink in sinks.items():
+        # Seeded once: each step draws on from where the last one left the random stream, as in a run
+        torch.manual_seed(1000)
+        for step in range(STEPS):
+            _step(learner, step, sink, reseed=False)
+            if step == 0 and learner is graph:  # the optimisers' state exists from the first step on
+                before = {name: (t, t.data_ptr()) for name, t in graph.named_state()}
+    # The CPU runs the captured step's very code, in the same order, on the same random stream: bit for bit
+    assert_identical(_trained_state(graph), _trained_state(plain), f"after {STEPS} steps")
     # SheepRL's return normaliser replaces its state at every call: left so, a replay would read stale statistics
     assert plain.moments.low is not low
-    after = _state_tensors(graph)
+    after = dict(graph.named_state())
     assert after.keys() == before.keys()
     moved = [n for n, (t, ptr) in before.items() if after[n] is not t or after[n].data_ptr() != ptr]
     assert not moved, moved
     # The metrics of every step, as the sink got them (an output overwritten by the next step would differ here)
+    graph_sink, plain_sink = sinks[graph], sinks[plain]
     assert "Grads/encoder_jepa_over_recon" not in graph_sink.values
     assert graph_sink.values.keys() == plain_sink.values.keys() >= {"Loss/jepa_loss", "Loss/policy_loss", "Grads/actor"}
     for name, values in plain_sink.values.items():
         assert len(graph_sink.values[name]) == STEPS, name
         for step, (got, want) in enumerate(zip(graph_sink.values[name], values)):
             assert torch.equal(got, want.float()), (name, step)
-    # The steps did train: the comparison is not between two untouched copies
-    assert graph.actor_optimizer.state_dict()["state"][0]["step"].item() == STEPS
+    # The steps did train (the comparison is not between two untouched copies), and each optimiser counted each one
+    for optimizer in (graph.world_optimizer, graph.actor_optimizer, graph.critic_optimizer):
+        assert {int(s["step"]) for s in optimizer.state.values()} == {STEPS}
     assert graph.moments.low.item() != 0 and graph.gradient_steps == STEPS
+
+
+def test_graph_route_refuses_a_step_whose_state_is_not_on_its_device():
+    learner = _learner(True)
+    # As SheepRL's normaliser was before the learner moved it: its state elsewhere than the step's device
+    learner.moments.to("meta")
+    with pytest.raises(ValueError, match=r"on cpu, but moments\.low, moments\.high are elsewhere"):
+        _step(learner, 0)
+    # And before the capture, once the warm-up steps have made the optimisers' states
+    learner = _learner(True)
+    for step in range(WARMUP_STEPS):
+        _step(learner, step)
+    optimizer_state = next(iter(learner.actor_optimizer.state.values()))
+    optimizer_state["exp_avg"] = optimizer_state["exp_avg"].to("meta")
+    with pytest.raises(ValueError, match=r"actor_optimizer\.0\.exp_avg are elsewhere"):
+        _step(learner, WARMUP_STEPS)
 
 
 def _host_reads(learner: Learner) -> tuple[Counter[str], set[str]]:

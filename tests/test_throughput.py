@@ -22,6 +22,17 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
+def test_replay_check_of_the_device_run_passes_on_the_cpu(tmp_path, capsys):
+    # The GPU's proof of the graph route (bench/replay_check.py), where the CPU runs the same step uncaptured
+    sys.path.insert(0, str(REPO / "bench"))
+    import replay_check
+
+    assert replay_check.main(["--tiny", "--steps", "3", "--accelerator", "cpu", "--log-root", str(tmp_path)]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith(("PASS", "FAIL"))]
+    assert len(lines) == 5 and all(line.startswith("PASS") for line in lines), lines
+
+
+@pytest.mark.slow
 def test_benchmark_runs_on_the_cpu_and_prints_ratios_against_sheeprl(tmp_path):
     import subprocess
 

@@ -1,0 +1,130 @@
+"""Does a replayed step train what the plain step trains? The graph route's proof of itself, for the device run.
+
+    MUJOCO_GL=egl python bench/replay_check.py                      # model S, bf16-mixed, on the GPU if there is one
+    MUJOCO_GL=egl python bench/replay_check.py --tiny --steps 5     # the tests' tiny model (fp32), on a CPU
+
+For each route, a fresh learner with the plain one's weights and random stream trains `--steps` steps on one batch
+without reseeding (on a GPU the graph route warms up, captures and then replays), and is compared with the plain
+step's: its weights, optimiser states and return normaliser must lie within the distance that bf16's own rounding
+puts between the plain step in fp32 and in bf16 (on a CPU in fp32: identical), and every optimiser must have counted
+`--steps` steps. Then, with every learning rate 0 (the weights stay), the route's last two steps on the same batch
+must draw different noise: their world-model losses differ, where the plain step reseeded before each gives equal
+ones (the control: that loss moves with the noise alone). One line per check; exit status 1 when one fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import throughput  # noqa: E402 (the benchmark's learners and synthetic batch)
+
+ZERO_LR = tuple(f"algo.{part}.optimizer.lr=0" for part in ("world_model", "actor", "critic"))
+NOISY_LOSS = "Loss/world_model_loss"
+
+
+class _Losses:
+    """A metric sink that keeps the step's losses as floats."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, float] = {}
+
+    def update(self, name: str, value: Any) -> None:
+        self.values[name] = float(value)
+
+
+def _train(args: argparse.Namespace, overrides: tuple[str, ...], steps: int, reseed: bool = False) -> tuple[Any, list]:
+    """A fresh learner of the benchmark's seed after `steps` steps on its one batch, and each step's losses."""
+    learner, batch = throughput.fresh_learner(args, overrides, Path(args.log_root))
+    losses = []
+    for _ in range(steps):
+        if reseed:
+            learner.fabric.seed_everything(100)
+        sink = _Losses()
+        learner.train_step({k: v.clone() for k, v in batch.items()}, sink, measure_ratio=False)
+        losses.append(sink.values)
+    return learner, losses
+
+
+def _distance(a: Any, b: Any) -> float:
+    """The relative distance between two learners' states (weights, optimiser and normaliser states)."""
+    import torch
+
+    sa, sb = dict(a.named_state()), dict(b.named_state())
+    if sa.keys() != sb.keys():
+        raise ValueError(f"the learners' states differ in their tensors: {sorted(sa.keys() ^ sb.keys())[:5]}")
+    with torch.no_grad():
+        floats = [k for k, t in sb.items() if t.is_floating_point()]
+        diff = torch.stack([(sa[k].double() - sb[k].double()).norm() for k in floats]).norm()
+        return float(diff / torch.stack([sb[k].double().norm() for k in floats]).norm())
+
+
+def _step_counts(learner: Any) -> set[int]:
+    return {
+        int(state["step"])
+        for optimizer in (learner.world_optimizer, learner.actor_optimizer, learner.critic_optimizer)
+        for state in optimizer.state.values()
+    }
+
+
+def check(args: argparse.Namespace) -> list[tuple[str, bool, str]]:
+    """Every check of every route: (what, passed, the numbers)."""
+    plain, _ = _train(args, throughput.MODE_OVERRIDES["plain"], args.steps)
+    fp32, _ = _train(args, throughput.MODE_OVERRIDES[throughput.FP32_REFERENCE], args.steps)
+    scale = _distance(fp32, plain)
+    _, control = _train(args, ZERO_LR, 2, reseed=True)
+    results = [
+        (
+            "control: reseeded steps draw the same noise",
+            control[0][NOISY_LOSS] == control[1][NOISY_LOSS],
+            f"{NOISY_LOSS} {control[0][NOISY_LOSS]:.6g} and {control[1][NOISY_LOSS]:.6g}",
+        )
+    ]
+    for route in args.routes:
+        learner, _ = _train(args, throughput.MODE_OVERRIDES[route], args.steps)
+        distance = _distance(learner, plain)
+        results.append(
+            (
+                f"{route}: state after {args.steps} steps within bf16's rounding of the plain step's",
+                distance <= scale,
+                f"distance {distance:.3g}, bf16 against fp32 {scale:.3g}",
+            )
+        )
+        counts = _step_counts(learner)
+        results.append((f"{route}: every optimiser counted {args.steps} steps", counts == {args.steps}, f"{counts}"))
+        low, high = (float(t) for t in (learner.moments.low, learner.moments.high))
+        results.append((f"{route}: the return normaliser moved", (low, high) != (0.0, 0.0), f"{low:.4g}, {high:.4g}"))
+        _, losses = _train(args, (*throughput.MODE_OVERRIDES[route], *ZERO_LR), args.steps)
+        last, before = losses[-1][NOISY_LOSS], losses[-2][NOISY_LOSS]
+        results.append((f"{route}: two steps draw different noise", last != before, f"{before:.6g} and {last:.6g}"))
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    from jepa_dreamer.graphed import WARMUP_STEPS
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tiny", action="store_true", help="the tests' tiny model instead of model S")
+    parser.add_argument("--accelerator", default="auto", help="auto: the GPU if there is one")
+    parser.add_argument("--routes", default="graph", type=lambda s: s.split(","), help="comma-separated routes")
+    # Enough for the graph route to warm up, capture, and replay at least twice
+    parser.add_argument("--steps", type=int, default=WARMUP_STEPS + 3)
+    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--log-root", default="/tmp/replay_check_runs")
+    args = parser.parse_args(argv)
+    if args.accelerator == "auto":
+        import torch
+
+        args.accelerator = "cuda" if torch.cuda.is_available() else "cpu"
+    results = check(args)
+    for what, passed, numbers in results:
+        print(f"{'PASS' if passed else 'FAIL'}  {what}: {numbers}", flush=True)
+    return 0 if all(passed for _, passed, _ in results) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
