@@ -160,11 +160,15 @@ class Meter:
             raise BenchDone
 
     def _wait_for_the_others(self) -> None:
+        from jepa_dreamer.shared import gpu_work
+
         if self.barrier is None or self.k <= 1:
             return
         start = time.perf_counter()
         (self.barrier / f"ready_{self.seed}").touch()
         while len(list(self.barrier.glob("ready_*"))) < self.k and time.perf_counter() - start < 900:
+            # A run beside this one in the process may still have to capture its step alone on the device
+            gpu_work.pause()
             time.sleep(0.05)
         self.barrier_wait = time.perf_counter() - start
 
