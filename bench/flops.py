@@ -125,6 +125,7 @@ def count_step(args: argparse.Namespace, extra: tuple[str, ...]) -> tuple[StepCo
             counter.phase = PHASES[1]
 
     learner.world_model_step = labelled  # this learner only: the phase of each operator
+    counter.phase = PHASES[1]  # the step starts with the target critic's update, a part of behaviour learning
     with FlopCounterMode(display=False) as flop_counter, counter.mode:
         learner.train_step({k: v.clone() for k, v in batch.items()}, None, measure_ratio=False)
     counter.close()
