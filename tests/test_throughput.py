@@ -194,3 +194,28 @@ def test_launch_count_takes_outermost_operators_and_compiled_kernels(monkeypatch
         compiled(x, w)
     assert count_launches(eager.events(), cuda=False) == 5  # matmul (its mm inside), add, relu, sum, mul; no view
     assert 2 <= count_launches(fused.events(), cuda=False) < 5  # the mm, then fused pointwise and reduction kernels
+
+
+def test_flop_count_splits_a_step_by_pass_and_counts_bytes_of_each_operator(monkeypatch):
+    import torch
+
+    monkeypatch.syspath_prepend(str(REPO / "bench"))
+    from flops import StepCounter
+
+    w = torch.nn.Parameter(torch.randn(8, 4))
+    x = torch.randn(16, 8)
+    counter = StepCounter()
+    try:
+        with counter.mode:
+            (x @ w).view(-1).sum().backward()
+            torch.optim.SGD([w], lr=0.1).step()
+    finally:
+        counter.close()
+    forward, backward, optimiser = (
+        counter.totals["world model + JEPA", part] for part in ("forward", "backward", "optimiser")
+    )
+    # The matmul's 2·16·8·4 FLOPs forward, the same again for w's gradient (x needs none); the sum and SGD count none
+    assert forward[0] == backward[0] == 2 * 16 * 8 * 4 and optimiser[0] == 0
+    # Backward is that one matmul: x (16×8), the output's gradient (16×4), w's gradient (8×4), in float32
+    assert backward[1:] == [(16 * 8 + 16 * 4 + 8 * 4) * 4, 1]
+    assert optimiser[2] >= 1
