@@ -299,13 +299,15 @@ def test_a_trial_in_a_subprocess_on_our_compiled_route_and_its_phase2_command_ke
 def test_real_confirmation_two_at_a_time_after_a_search_whose_failing_trial_failed_alone(tmp_path):
     # Two runs at a time, side by side in one process (two slots), evaluated every 128 steps: the search (the control
     # and one configuration, 256 steps each), then the confirmation (128 steps each). The configuration's first try
-    # fails after its first evaluation while the control trains on in the other slot; its retry finishes it
+    # fails after its first evaluation while the control trains on in the other slot; its retry finishes it. In
+    # bf16-mixed, a GPU trial's precision, where Lightning checks every backward pass by one process-wide flag
     out = tmp_path / "confirm"
     argv = [
         *SMALL,
         *("--fidelity-frac", "0.1", "--eval-every", "128", "--eval-episodes", "1", "--n-trials", "2"),
         *("--confirm-top-k", "1", "--confirm-seeds", "2", "--confirm-steps", "128"),
         *("--trials-per-device", "2", "--trials-per-process", "2", "--output-dir", str(out)),
+        *("--override", "fabric.precision=bf16-mixed"),
     ]
     settings = settings_from_argv(argv)
     out.mkdir()
