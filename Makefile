@@ -9,6 +9,7 @@ setup:
 
 test: setup
 	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
 	.venv/bin/python -m pytest -q -p no:cacheprovider
 
 test-quick: setup

@@ -37,7 +37,7 @@ from jepa_search.search import run_search, run_stages  # noqa: E402
 from jepa_search.space import configuration, is_control  # noqa: E402
 from jepa_search.stats import probability_of_improvement  # noqa: E402
 from jepa_search.study import open_study  # noqa: E402
-from tests.helpers import SMALL, markdown_rows, scripted_trainer, settings_from_argv  # noqa: E402
+from tests.helpers import SMALL, markdown_rows, scripted_trainer, settings_from_argv, tensorboard_scalars  # noqa: E402
 
 REPO = Path(__file__).resolve().parent
 pytestmark = pytest.mark.slow
@@ -140,14 +140,6 @@ def test_training_log_has_every_interval_and_evaluation_and_no_warning(seed_sear
         assert "Eval 1 at policy_step=512: return " in log and "over 3 episodes (" in log
         assert f"trial {t.number} complete" in log or f"trial {t.number} pruned" in log
         assert "WARNING" not in log and "Warning" not in log, log
-
-
-def tensorboard_scalars(folder: Path) -> set[str]:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    events = EventAccumulator(str(next(folder.rglob("events.out.tfevents.*")).parent))
-    events.Reload()
-    return set(events.Tags()["scalars"])
 
 
 def _key(item) -> str:

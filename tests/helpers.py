@@ -216,3 +216,12 @@ def scripted_trainer(cfg, hook, on_log=None, cancel=None, seconds_per_eval: floa
             result.stopped_early = True
             break
     return result
+
+
+def tensorboard_scalars(folder: Path) -> set[str]:
+    """The scalar tags of the TensorBoard events under `folder`."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(next(folder.rglob("events.out.tfevents.*")).parent))
+    events.Reload()
+    return set(events.Tags()["scalars"])

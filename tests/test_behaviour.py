@@ -32,10 +32,7 @@ FAST = ("algo.jepa_coef=0", "algo.horizon=5")
 BehaviourFn = Callable[..., dict[str, torch.Tensor]]
 
 
-@pytest.fixture(autouse=True)
-def no_distribution_validation(monkeypatch: pytest.MonkeyPatch) -> None:
-    # As in the trials (`distribution.validate_args: False`): validation reads every sample on the host
-    monkeypatch.setattr(torch.distributions.Distribution, "_validate_args", False)
+pytestmark = pytest.mark.usefixtures("no_distribution_validation")
 
 
 def _learner(cfg: Any, precision: str) -> Learner:

@@ -37,10 +37,7 @@ FAST = ("algo.horizon=5",)
 STEPS = 3
 
 
-@pytest.fixture(autouse=True)
-def no_distribution_validation(monkeypatch: pytest.MonkeyPatch) -> None:
-    # As in the trials (`distribution.validate_args: False`): validation reads every sample on the host
-    monkeypatch.setattr(torch.distributions.Distribution, "_validate_args", False)
+pytestmark = pytest.mark.usefixtures("no_distribution_validation")
 
 
 def _learner(graph: bool, *overrides: str, state: dict[str, Any] | None = None) -> Learner:

@@ -1,6 +1,7 @@
 """The JEPA parts on their own: masks, EMA arithmetic, where gradients flow, and `jepa_coef: 0` == DreamerV3."""
 
 import copy
+from collections import Counter
 
 import pytest
 import torch
@@ -37,7 +38,7 @@ def test_masks_are_drawn_independently_per_sample_and_step():
 def test_masks_use_one_to_four_rectangles():
     torch.manual_seed(1)
     masks = erase_masks((400,), 64, 64, 0.5, torch.device("cpu"))
-    counts = set()
+    counts: Counter[int] = Counter()
     for m in masks:
         # Count the rectangles along both axes: runs of columns (or rows) sharing the same erased span
         per_axis = []
@@ -45,8 +46,9 @@ def test_masks_use_one_to_four_rectangles():
             erased = mm.any(dim=0)
             spans = [tuple(col.nonzero().flatten().tolist()) for col in mm.T[erased]]
             per_axis.append(sum(1 for i, sp in enumerate(spans) if i == 0 or sp != spans[i - 1]))
-        counts.add(min(per_axis))
-    assert counts <= {1, 2, 3, 4} and {1, 2, 3, 4} - counts <= {4}
+        counts[min(per_axis)] += 1
+    # Every number of rectangles, each in a fair share of the masks (two neighbours at one height count as one)
+    assert counts.keys() == {1, 2, 3, 4} and min(counts.values()) >= 40, counts
 
 
 def test_context_view_zeroes_erased_pixels_and_drops_vector_entries():
@@ -167,9 +169,8 @@ def test_world_model_step_updates_the_ema_target_and_logs_the_jepa_metrics(preci
         torch.testing.assert_close(p, 0.5 * target_before[name] + 0.5 * online[name])
 
 
-def test_a_non_finite_loss_fails_with_its_step(monkeypatch):
-    # As SheepRL's launcher sets it (`distribution.validate_args: False`): NaNs reach the losses, not a ValueError
-    monkeypatch.setattr(torch.distributions.Distribution, "_validate_args", False)
+@pytest.mark.usefixtures("no_distribution_validation")  # as SheepRL's launcher sets it: NaNs reach the losses
+def test_a_non_finite_loss_fails_with_its_step():
     learner = _learner(resolved_cfg("algo.jepa_coef=1.0"))
     learner.train_step(_batch(), None, measure_ratio=False)
     learner.raise_if_diverged(100)  # finite so far

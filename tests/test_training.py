@@ -6,22 +6,15 @@ from pathlib import Path
 import pytest
 import torch
 from lightning.fabric import Fabric
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from jepa_dreamer.evaluate import EvalResult
 from jepa_dreamer.learner import Learner
 from jepa_dreamer.presets import output_overrides
 from jepa_dreamer.runner import compose_config, run
-from tests.helpers import ACTIONS, OBS_SPACE, resolved_cfg
+from tests.helpers import ACTIONS, OBS_SPACE, resolved_cfg, tensorboard_scalars
 
 # Fewer and shorter gradient steps than the tiny run's: what is under test is stopping and resuming
 LIGHT_TRAINING = ("algo.replay_ratio=0.05", "algo.per_rank_sequence_length=16")
-
-
-def _scalars(folder: Path) -> set[str]:
-    events = EventAccumulator(str(next(folder.rglob("events.out.tfevents.*")).parent))
-    events.Reload()
-    return set(events.Tags()["scalars"])
 
 
 @pytest.mark.slow
@@ -52,7 +45,9 @@ def test_a_run_stopped_by_its_hook_resumes_from_its_checkpoint_with_its_jepa_sta
     for e in seen:
         assert len(e.returns) == 1 and e.lengths == (100,)  # policy steps
         assert e.min <= e.mean <= e.max and e.std >= 0 and e.mean > 0
-    assert {"Eval/return_mean", "Loss/jepa_loss", "JEPA/cosine", "JEPA/target_std"} <= _scalars(tmp_path / "first")
+    assert {"Eval/return_mean", "Loss/jepa_loss", "JEPA/cosine", "JEPA/target_std"} <= tensorboard_scalars(
+        tmp_path / "first"
+    )
 
     ckpt = next(Path(first.log_dir).rglob("ckpt_128_0.ckpt"))
     state = torch.load(ckpt, weights_only=False)
