@@ -14,6 +14,7 @@ from sheeprl.algos.dreamer_v3.utils import prepare_obs
 from sheeprl.data.buffers import EnvIndependentReplayBuffer
 from sheeprl.utils.env import get_episode_stats, make_env
 
+from jepa_dreamer import seeds
 from jepa_dreamer.envs import env_actions, make_vector_env
 from jepa_dreamer.metrics import MetricMeans
 
@@ -32,11 +33,12 @@ class EnvLoop:
         self.fabric = fabric
         self.n_envs = int(cfg.env.num_envs)
         rank = fabric.global_rank
+        self.seeds = seeds.training(cfg.seed, self.n_envs, rank)
         self.envs = make_vector_env(
             cfg,
             [
-                make_env(cfg, cfg.seed + rank * self.n_envs + i, rank * self.n_envs, log_dir, "train", vector_env_idx=i)
-                for i in range(self.n_envs)
+                make_env(cfg, env_seed, rank * self.n_envs, log_dir, "train", vector_env_idx=i)
+                for i, env_seed in enumerate(self.seeds)
             ],
         )
         self.envs.action_space.seed(cfg.seed + rank)
@@ -53,7 +55,7 @@ class EnvLoop:
         self.step_data: dict[str, np.ndarray] = {}
 
     def reset(self) -> None:
-        self.obs = self.envs.reset(seed=self.cfg.seed + self.fabric.global_rank * self.n_envs)[0]
+        self.obs = self.envs.reset(seed=self.seeds)[0]
         zeros = np.zeros((1, self.n_envs, 1))
         self.step_data = {k: self.obs[k][np.newaxis] for k in self.obs_keys}
         self.step_data.update(

@@ -21,10 +21,8 @@ from sheeprl.algos.dreamer_v3.utils import prepare_obs
 from sheeprl.utils.compile import compiled_player
 from sheeprl.utils.env import get_episode_stats, make_env
 
+from jepa_dreamer import seeds
 from jepa_dreamer.envs import env_actions, make_vector_env
-
-# Evaluation environments are seeded from here on (plus the run's seed), far from the training seeds
-EVAL_SEED_OFFSET = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -88,9 +86,13 @@ class Evaluator:
         self.episodes = int(cfg.algo.eval.episodes)
         self.n_envs = max(1, min(self.episodes, int(cfg.algo.eval.num_envs)))
         self.is_continuous = is_continuous
-        self.seed = int(cfg.seed) + EVAL_SEED_OFFSET
+        self.seed = int(cfg.seed)
         self.envs = make_vector_env(
-            cfg, [make_env(cfg, self.seed + i, 0, None, "eval", vector_env_idx=i) for i in range(self.n_envs)]
+            cfg,
+            [
+                make_env(cfg, env_seed, 0, None, "eval", vector_env_idx=i)
+                for i, env_seed in enumerate(seeds.evaluation(self.seed, self.n_envs, 0))
+            ],
         )
         # Shares the modules (and so the weights) of the training player, not its recurrent states
         self.player = PlayerDV3(
@@ -120,8 +122,7 @@ class Evaluator:
         lengths: list[int] = []
         devices = [self.fabric.device] if self.fabric.device.type == "cuda" else []
         with torch.inference_mode(), torch.random.fork_rng(devices=devices, device_type=self.fabric.device.type):
-            seeds = [self.seed + index * self.n_envs + i for i in range(self.n_envs)]
-            obs = self.envs.reset(seed=seeds)[0]
+            obs = self.envs.reset(seed=seeds.evaluation(self.seed, self.n_envs, index))[0]
             self.player.init_states()
             while (done_count < quotas).any():
                 actions = self._env_actions(obs)

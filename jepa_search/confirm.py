@@ -19,13 +19,10 @@ from jepa_search.confirm_results import CONTROL_LABEL, RUN_ATTR, is_run, run_key
 from jepa_search.driver import START, STOP, Decision, run_trials, waiting_for
 from jepa_search.objective import Objective, make_spec, not_trained
 from jepa_search.results import run_dir_name
+from jepa_search.seeds import confirmation_seeds
 from jepa_search.settings import SearchSettings
 from jepa_search.space import CONTROL_PARAMS, is_control
 from jepa_search.study import ranked_complete
-
-# Confirmation seeds are seed0 + SEED_OFFSET + i: disjoint from the search's (seed0 + trial number) below a million
-# trials, and the same for every configuration, so that configurations are compared on the same seeds
-SEED_OFFSET = 1_000_000
 
 
 class NothingToRun(RuntimeError):
@@ -40,7 +37,7 @@ def planned_runs(study: optuna.Study, settings: SearchSettings) -> list[dict[str
     if settings.control:
         control = next((t.number for t in study.get_trials(deepcopy=False) if is_control(t)), None)
         configs.append((CONTROL_LABEL, control, dict(CONTROL_PARAMS)))
-    seeds = [settings.seed0 + SEED_OFFSET + i for i in range(settings.confirm_seeds)]
+    seeds = confirmation_seeds(settings.seed0, settings.confirm_seeds)
     return [{"label": label, "source_trial": n, "params": p, "seed": s} for label, n, p in configs for s in seeds]
 
 

@@ -21,6 +21,7 @@ from jepa_search.overrides import trial_overrides
 from jepa_search.progress import Progress
 from jepa_search.results import TrialResult, trial_dir_name
 from jepa_search.sampler import SpaceExhausted
+from jepa_search.seeds import trial_seed
 from jepa_search.settings import SearchSettings, mask_password
 from jepa_search.space import CONTROL_PARAMS, is_control, suggest
 from jepa_search.study import (
@@ -138,7 +139,7 @@ class Objective:
         except SpaceExhausted as e:
             not_trained(trial, e)
             raise
-        seed = settings.seed0 + root_number(_frozen(trial))
+        seed = trial_seed(settings.seed0, root_number(_frozen(trial)))
         spec = make_spec(settings, trial, params, seed, trial_dir_name, settings.trial_steps, prunable=not control)
         label = "the control (plain DreamerV3)" if control else str(params)
         result = self.train(trial, spec, f"trial {trial.number} started: {label} seed {seed}")
