@@ -12,14 +12,24 @@ import dataclasses
 import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 SMOOTHING_WINDOW = 3
-# What each objective of --objectives optimises, and the `TrialResult` field it is read from
-OBJECTIVES: dict[str, tuple[str, str]] = {
-    "return": ("maximize", "objective"),
-    "wall_time": ("minimize", "wall_time_s"),
-    "peak_gpu_memory": ("minimize", "peak_memory_mib"),
+
+
+class ObjectiveDef(NamedTuple):
+    """One objective of --objectives: its direction, the `TrialResult` field it is read from, and its name in the
+    study (what optuna-dashboard shows instead of "Objective 0")."""
+
+    direction: str
+    field: str
+    metric: str
+
+
+OBJECTIVES: dict[str, ObjectiveDef] = {
+    "return": ObjectiveDef("maximize", "objective", "best smoothed return"),
+    "wall_time": ObjectiveDef("minimize", "wall_time_s", "wall time (s)"),
+    "peak_gpu_memory": ObjectiveDef("minimize", "peak_memory_mib", "peak GPU memory (MiB)"),
 }
 
 
@@ -128,7 +138,7 @@ class TrialResult:
 
     def value(self, objective: str) -> float:
         """The value of one of --objectives."""
-        return float(getattr(self, OBJECTIVES[objective][1]))
+        return float(getattr(self, OBJECTIVES[objective].field))
 
     def summary(self) -> dict[str, Any]:
         """What the study keeps of the result (user attributes of the trial)."""

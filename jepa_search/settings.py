@@ -51,7 +51,7 @@ class StudyConfig:
     @property
     def directions(self) -> list[str]:
         """One Optuna direction per objective; several make a multi-objective study (never pruned)."""
-        return [OBJECTIVES[name][0] for name in self.objectives]
+        return [OBJECTIVES[name].direction for name in self.objectives]
 
     @property
     def multi_objective(self) -> bool:

@@ -11,6 +11,7 @@ import datetime
 import functools
 import itertools
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from jepa_search.host import WorkerId
-from jepa_search.results import TrialResult, read_history, run_dir_name, trial_dir_name
+from jepa_search.results import OBJECTIVES, TrialResult, read_history, run_dir_name, trial_dir_name
 from jepa_search.sampler import DistinctSampler
 from jepa_search.settings import SearchSettings, mask_password
 from jepa_search.space import CONTROL_ATTR, configuration, is_control
@@ -244,10 +245,19 @@ def open_study(settings: SearchSettings) -> optuna.Study:
         study = optuna.create_study(directions=settings.directions, **kwargs)
     except optuna.exceptions.DuplicatedStudyError:
         return optuna.load_study(**kwargs)
+    _name_metrics(study, [OBJECTIVES[name].metric for name in settings.objectives])
     study.set_user_attr(SETTINGS_ATTR, settings.fingerprint())
     if settings.control:
         study.enqueue_trial({}, user_attrs={CONTROL_ATTR: True})
     return study
+
+
+def _name_metrics(study: optuna.Study, names: list[str]) -> None:
+    """Name the study's objectives, which optuna-dashboard shows (else "Objective 0"). Optuna marks the call
+    experimental: its warning would tell a user nothing."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(names)
 
 
 def confirm_study_name(study_name: str) -> str:
@@ -265,6 +275,7 @@ def open_confirm_study(settings: SearchSettings) -> optuna.Study:
         study = optuna.create_study(direction="maximize", **kwargs)
     except optuna.exceptions.DuplicatedStudyError:
         return optuna.load_study(**kwargs)
+    _name_metrics(study, [OBJECTIVES["return"].metric])
     study.set_user_attr(CONFIRM_STEPS_ATTR, settings.confirm_steps)
     return study
 

@@ -91,6 +91,9 @@ def test_storage_default_sqlite_and_settings_stored_with_the_study(tmp_path):
     assert study.user_attrs["settings"] == s.fingerprint()
     assert isinstance(study.pruner, optuna.pruners.HyperbandPruner)
     check_resumable(s)  # same settings: fine
+    # Named as optuna-dashboard, opening study.db as it is, shows them (not "Objective 0")
+    stored = optuna.load_study(study_name=s.study_name, storage=f"sqlite:///{tmp_path / 'out' / 'study.db'}")
+    assert stored.metric_names == ["best smoothed return"]
 
 
 # --- pruning, with a scripted trainer -------------------------------------------------------------------------------
@@ -161,6 +164,7 @@ def test_several_objectives_make_an_unpruned_multi_objective_study_with_a_pareto
     s.output_dir.mkdir()
     study = open_study(s)
     assert len(study.directions) == 3
+    assert study.metric_names == ["best smoothed return", "wall time (s)", "peak GPU memory (MiB)"]
     assert run_search(study, s, Objective(s, print, trainer=scripted_trainer)) == 0
     trials = study.get_trials()
     assert [t.state.name for t in trials] == ["COMPLETE"] * 6
@@ -212,3 +216,15 @@ def test_sigterm_records_the_running_trials_and_queues_them_again(tmp_path, per_
     assert sorted(t.system_attrs["failed_trial"] for t in queued) == list(range(per_process))
     for t in queued:
         assert t.params == study.trials[t.system_attrs["failed_trial"]].params
+
+
+def test_early_stopping_diagnostic_is_na_when_the_grace_point_is_the_last_evaluation(tmp_path):
+    # One evaluation per trial (the README's quick check): nothing earlier to predict the final return from
+    s = settings_for(tmp_path, "--eval-every", "2000", "--n-trials", "4", "--pruner", "none")
+    assert s.n_evaluations == s.grace_evaluations == 1
+    s.output_dir.mkdir()
+    study = open_study(s)
+    assert run_search(study, s, Objective(s, print, trainer=scripted_trainer)) == 0
+    write_report(study, s.output_dir)
+    summary = (s.output_dir / "SUMMARY.md").read_text()
+    assert "final smoothed return of the complete trials: n/a (the grace point is a trial's last evaluation" in summary

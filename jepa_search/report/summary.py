@@ -132,7 +132,9 @@ def _diagnostic_lines(study: optuna.Study, config: StudyConfig, confirmed: list[
     grace = config.grace_evaluations
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     curves = [curve(t) for t in complete if len(curve(t)) >= grace]
-    if len(curves) < 3:
+    if grace >= config.n_evaluations:
+        rho = "n/a (the grace point is a trial's last evaluation: nothing earlier predicts the final return)"
+    elif len(curves) < 3:
         rho = f"n/a ({len(curves)} complete trials; at least 3 needed)"
     else:
         value = stats.spearman([c[grace - 1] for c in curves], [c[-1] for c in curves])
