@@ -27,6 +27,7 @@ from jepa_search.results import TrialResult, read_history, run_dir_name, trial_d
 from jepa_search.sampler import DistinctSampler
 from jepa_search.settings import SearchSettings, mask_password
 from jepa_search.space import CONTROL_ATTR, configuration, is_control
+from jepa_search.storage import PatientStorage, pool_sizes
 from jepa_search.validate import UsageError
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -48,19 +49,24 @@ CLAIM_TIMEOUT_S = 10.0
 OPTUNA_TABLE = "studies"
 
 
-def make_storage(settings: SearchSettings) -> RDBStorage:
+def make_storage(settings: SearchSettings) -> PatientStorage:
     """An RDB storage whose running trials send heartbeats: a trial whose process died is failed after two missed
-    beats by the next worker that starts a trial, and re-queued with the same parameters (up to `max_retries`)."""
+    beats by the next worker that starts a trial, and re-queued with the same parameters (up to `max_retries`). Its
+    calls ride out a database outage of up to `storage_timeout` seconds."""
     sqlite = settings.storage.startswith("sqlite")
     # SQLite: wait for the write lock instead of failing with "database is locked" when several workers share it;
-    # transactions are begun by `_begin_immediate`, not by the driver
+    # transactions are begun by `_begin_immediate`, not by the driver. A server: test each pooled connection before
+    # use (a restarted server closed them all), and keep few: `pool_connections`
     engine_kwargs: dict[str, Any] = (
-        {"connect_args": {"timeout": 60, "isolation_level": None}} if sqlite else {"pool_pre_ping": True}
+        {"connect_args": {"timeout": 60, "isolation_level": None}}
+        if sqlite
+        else {"pool_pre_ping": True, **pool_sizes(settings.trials_per_process)}
     )
     for attempt in itertools.count(1):
         try:
-            storage = RDBStorage(
+            storage = PatientStorage(
                 settings.storage,
+                settings.storage_timeout,
                 engine_kwargs=engine_kwargs,
                 heartbeat_interval=settings.heartbeat_interval,
                 grace_period=2 * settings.heartbeat_interval,
