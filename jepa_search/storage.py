@@ -83,7 +83,7 @@ class PatientStorage(RDBStorage):
                     raise StorageUnavailable(self.gave_up) from e
                 if tries == 0:
                     log.warning(
-                        f"storage: lost the connection in {name} ({cause}); trying again for {self.timeout:g} s"
+                        f"storage: lost the connection in {name} ({cause}); retrying for up to {self.timeout:g} s"
                     )
                 tries += 1
                 time.sleep(min(pause, max(0.0, self.timeout - waited)))
