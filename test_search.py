@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 os.environ.setdefault("MUJOCO_GL", "egl")
@@ -38,6 +39,7 @@ from jepa_search.space import configuration, is_control  # noqa: E402
 from jepa_search.stats import probability_of_improvement  # noqa: E402
 from jepa_search.study import open_study  # noqa: E402
 from tests.helpers import SMALL, markdown_rows, scripted_trainer, settings_from_argv, tensorboard_scalars  # noqa: E402
+from tests.postgres import postgres_server  # noqa: E402
 
 REPO = Path(__file__).resolve().parent
 pytestmark = pytest.mark.slow
@@ -437,6 +439,67 @@ def test_killed_at_any_moment_a_rerun_at_once_finishes_every_trial_exactly_once(
     assert not list(out.glob("trial_*/run/version_*/memmap_buffer"))
     assert not list(out.glob("trial_*/run/version_*/checkpoint"))
     assert (out / "SUMMARY.md").exists() and len(pd.read_csv(out / "results.csv")) == len(trials)
+
+
+def _search_until(argv: list[str], log: Path, moments: list, timeout: float = 600) -> int:
+    """Run the search command (output into `log`); at each of `moments` (a check of the log, then an action) in
+    turn, act; the exit code."""
+    with log.open("a") as f:
+        proc = subprocess.Popen([sys.executable, "search_phase1.py", *argv], cwd=REPO, stdout=f, stderr=f, text=True)
+    try:
+        deadline = time.monotonic() + timeout
+        for ready, act in moments:
+            while not ready(log.read_text()) and proc.poll() is None:
+                assert time.monotonic() < deadline, log.read_text()[-3000:]
+                time.sleep(0.05)
+            act()
+        return proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+    finally:
+        proc.kill()
+
+
+def test_a_real_search_on_a_new_postgresql_server_rides_out_two_outages_and_ends_cleanly_after_a_longer_one(tmp_path):
+    out, log = tmp_path / "pg", tmp_path / "search.log"
+    # Trials of 512 steps with an evaluation (a report) and a checkpoint every 128, heartbeats every second
+    argv = [*SMALL, "--eval-every", "128", "--eval-episodes", "1", "--pruner", "none", "--no-control"]
+    argv += ["--heartbeat-interval", "1", "--output-dir", str(out)]
+    with postgres_server() as server:
+
+        def outage(seconds: float) -> Callable[[], None]:
+            def act() -> None:
+                server.stop()
+                time.sleep(seconds)
+                server.start()
+
+            return act
+
+        # A new server (no table yet), through the command line; down for 4 s twice while trial 0 trains
+        moments = [
+            (lambda text: "trial 0 started" in text, outage(4)),
+            (lambda text: " eval 2/4 " in text, outage(4)),
+        ]
+        assert _search_until([*argv, "--n-trials", "1", "--storage", server.url], log, moments) == 0
+        text = log.read_text()
+        assert text.count("storage: lost the connection") >= 2 and "went through after" in text, text
+        assert "Traceback" not in text, text
+        study = optuna.load_study(study_name="jepa-phase1-dmc-walker_walk-dry-run", storage=server.url)
+        (trial,) = study.trials  # nothing failed, nothing was retried
+        assert trial.state.name == "COMPLETE" and sorted(trial.intermediate_values) == [1, 2, 3, 4]
+        assert len(pd.read_csv(out / "trial_0" / "history.csv")) == 4
+
+        # Down for longer than --storage-timeout while trial 1 trains: one line, exit 75; a rerun resumes the trial
+        log.write_text("")
+        down = [(lambda text: " eval 1/4 " in text.split("trial 1 started")[-1], server.stop)]
+        longer = [*argv, "--n-trials", "2", "--storage", server.url, "--storage-timeout", "3"]
+        assert _search_until(longer, log, down) == 75
+        errors = [line for line in log.read_text().splitlines() if "error" in line.lower()]
+        assert len(errors) == 1 and "the storage did not answer for 3 s (--storage-timeout 3;" in errors[0], errors
+        assert "Traceback" not in log.read_text()
+        server.start()
+        assert main(longer) == 0
+        trials = optuna.load_study(study_name=study.study_name, storage=server.url).trials
+        assert [t.state.name for t in trials] == ["COMPLETE", "FAIL", "COMPLETE"]
+        assert trials[2].user_attrs["resumed_from"] and sorted(trials[2].intermediate_values) == [1, 2, 3, 4]
 
 
 def test_atari_tiny_search_runs(tmp_path):

@@ -16,6 +16,7 @@ import contextlib
 import gc
 import os
 import threading
+import warnings
 from collections.abc import Iterator, Sequence
 from functools import partial
 from typing import Any
@@ -23,6 +24,7 @@ from typing import Any
 import hydra
 import torch
 from hydra import compose, initialize_config_module
+from lightning.fabric.utilities.warnings import PossibleUserWarning
 from omegaconf import DictConfig, OmegaConf
 from sheeprl.cli import check_configs, resume_from_checkpoint
 from sheeprl.utils.utils import dotdict
@@ -129,6 +131,9 @@ def run(
     GPU memory held by the run is released when it returns or raises, so the next run starts clean.
     """
     render_headless()
+    # A run is one process, never launched by `srun`: Lightning's hint to use it, where Slurm is installed, is noise
+    # (SheepRL's player makes a Fabric of its own, which looks for Slurm too)
+    warnings.filterwarnings("ignore", message="The `srun` command is available", category=PossibleUserWarning)
     if cfg.checkpoint.resume_from:
         # SheepRL continues with the checkpoint's configuration; the outputs still go where this run was told
         log_root = cfg.log_root

@@ -1,8 +1,9 @@
 """`search_phase1.py` and the `jepa-search` command: arguments → settings → study → trials until `--n-trials` have
 finished (in this process, or in the workers of `--trials-per-device`), or `--report-only`.
 
-Exit codes: 0 done, 2 bad arguments (nothing created), 1 too many failed trials, 130/143 interrupted by
-SIGINT/SIGTERM (the running trial is recorded as failed and queued again with the same parameters).
+Exit codes: 0 done, 2 bad arguments (nothing created), 1 too many failed trials, 75 the database out of reach for
+longer than --storage-timeout (the running trial resumes on a rerun), 130/143 interrupted by SIGINT/SIGTERM (the
+running trial is recorded as failed and queued again with the same parameters).
 """
 
 from __future__ import annotations
@@ -22,10 +23,11 @@ from jepa_dreamer.runner import compose_config
 from jepa_search.experiments import EXPERIMENTS
 from jepa_search.overrides import trial_overrides
 from jepa_search.parser import build_parser
-from jepa_search.progress import printer
+from jepa_search.progress import Progress, printer
 from jepa_search.report import write_report
 from jepa_search.search import run_stages
 from jepa_search.settings import SearchSettings, default_storage, mask_password
+from jepa_search.storage import EXIT_STORAGE, StorageUnavailable
 from jepa_search.study import check_resumable, finished_count, open_study
 from jepa_search.validate import UsageError, settings_from_args
 from jepa_search.workers import registered, run_workers
@@ -63,6 +65,26 @@ def report_only(args: argparse.Namespace) -> int:
     return 0
 
 
+def search(settings: SearchSettings, argv: list[str], progress: Progress) -> int:
+    """The study's trials until it has `--n-trials` finished (the workers of `--trials-per-device`, or this
+    process), then the confirmation; the exit code."""
+    study = open_study(settings)
+    progress(
+        f"study {settings.study_name}: {finished_count(study)}/{settings.n_trials} finished, "
+        f"{settings.trial_steps} steps per trial, {settings.n_evaluations} evaluations (grace "
+        f"{settings.grace_evaluations}), storage {mask_password(settings.storage)}"
+    )
+    if settings.n_workers > 1:
+        code = run_workers(study, settings, argv, progress)
+        write_report(study, settings.output_dir)
+    else:
+        with registered(settings):
+            code = run_stages(study, settings, progress)
+    if code not in (130, 143):
+        progress(f"done: {finished_count(study)} finished trials in {settings.study_name} (exit {code})")
+    return code
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     render_headless()
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -83,18 +105,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings.output_dir.mkdir(parents=True, exist_ok=True)
     # Heartbeats and retries are marked experimental by Optuna; they are what resuming relies on
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    study = open_study(settings)
-    progress(
-        f"study {settings.study_name}: {finished_count(study)}/{settings.n_trials} finished, "
-        f"{settings.trial_steps} steps per trial, {settings.n_evaluations} evaluations (grace "
-        f"{settings.grace_evaluations}), storage {mask_password(settings.storage)}"
-    )
-    if settings.n_workers > 1:
-        code = run_workers(study, settings, argv, progress)
-        write_report(study, settings.output_dir)
-    else:
-        with registered(settings):
-            code = run_stages(study, settings, progress)
-    if code not in (130, 143):
-        progress(f"done: {finished_count(study)} finished trials in {settings.study_name} (exit {code})")
-    return code
+    try:
+        return search(settings, argv, progress)
+    except StorageUnavailable as e:
+        print(f"search_phase1.py: error: {e}", file=sys.stderr)
+        return EXIT_STORAGE

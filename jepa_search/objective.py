@@ -31,7 +31,7 @@ from jepa_search.study import (
     WORKER_ATTR,
     root_number,
 )
-from jepa_search.trial import Trainer, TrialSpec, latest_checkpoint, run_trial
+from jepa_search.trial import Trainer, TrialSpec, resume_point, run_trial
 
 WRAPPER = Path(__file__).resolve().parents[1] / "train_wrapper.py"
 # The child process of --isolation subprocess reads the storage URL from here: it may hold a password, which the
@@ -53,13 +53,14 @@ def make_spec(
     prunable: bool,
 ) -> TrialSpec:
     """The run's spec (a search trial's or a confirmation run's: `folder_name` of a trial number, `steps`); a retry
-    continues from the newest checkpoint of the earlier tries of its configuration."""
+    continues from the newest readable checkpoint of the earlier tries of its configuration."""
     folder = settings.output_dir / folder_name(trial.number)
     overrides = trial_overrides(settings, params, seed, folder, steps)
     earlier = [
         settings.output_dir / folder_name(n) for n in RetryHeartbeatStaleTrialCallback.retry_history(_frozen(trial))
     ]
-    checkpoint = latest_checkpoint(earlier)
+    resume = resume_point(earlier)
+    checkpoint = resume.checkpoint
     if checkpoint is not None:
         overrides.append(f"checkpoint.resume_from={checkpoint}")
     return TrialSpec(
@@ -77,6 +78,7 @@ def make_spec(
         exp=EXPERIMENTS[settings.env],
         settings=settings.as_dict(),
         resume_from=str(checkpoint) if checkpoint is not None else None,
+        resume_note=resume.note(),
         earlier_tries=[str(folder) for folder in earlier],
         steps=steps,
         # Optuna takes intermediate values (and prunes) in single-objective studies only

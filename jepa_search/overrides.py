@@ -45,7 +45,8 @@ def trial_overrides(
         "env.capture_video=False",
         "checkpoint.save_last=False",
         f"checkpoint.every={settings.checkpoint_every}",
-        "checkpoint.keep_last=1",
+        # The newest two: should the newest be unreadable (a disk that filled up), a retry falls back to the other
+        "checkpoint.keep_last=2",
         f"metric.log_level={1 if settings.tensorboard else 0}",
     ]
     if settings.trials_per_process > 1:

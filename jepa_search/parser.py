@@ -52,6 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tensorboard", action="store_true", help="TensorBoard event files in every trial folder")
     p.add_argument("--dry-run", action="store_true", help="the real pipeline with a tiny model: a quick check")
     p.add_argument("--heartbeat-interval", type=int, default=60, help="seconds; a trial silent for 2x is stale")
+    p.add_argument(
+        "--storage-timeout",
+        type=float,
+        default=300.0,
+        help="seconds a worker keeps retrying a lost database connection before it stops (exit 75)",
+    )
     p.add_argument("--max-retries", type=int, default=2, help="retries of a failed or interrupted trial")
     p.add_argument(
         "--checkpoint-every",

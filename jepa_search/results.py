@@ -113,6 +113,8 @@ class TrialResult:
     peak_memory_mib: float | None = None
     # The checkpoint of an earlier try that this one continued from
     resumed_from: str | None = None
+    # Why newer checkpoints of the earlier tries were skipped (unreadable: a kill or a full disk during their write)
+    resume_note: str | None = None
     overrides: list[str] = field(default_factory=list)
     settings: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)

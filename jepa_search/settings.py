@@ -89,6 +89,7 @@ class SearchSettings(StudyConfig):
     tensorboard: bool = False
     isolation: str = "inprocess"
     heartbeat_interval: int = 60
+    storage_timeout: float = 300.0
     max_retries: int = 2
     checkpoint_every: int = 0
     compile: str = "off"

@@ -19,7 +19,7 @@ import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback, fail_stale_trials
 from optuna.trial import FrozenTrial, TrialState
-from sqlalchemy import create_engine, event
+from sqlalchemy import create_engine, event, inspect
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
@@ -28,6 +28,7 @@ from jepa_search.results import OBJECTIVES, TrialResult, read_history, run_dir_n
 from jepa_search.sampler import DistinctSampler
 from jepa_search.settings import SearchSettings, mask_password
 from jepa_search.space import CONTROL_ATTR, configuration, is_control
+from jepa_search.storage import PatientStorage, pool_sizes
 from jepa_search.validate import UsageError
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -45,21 +46,28 @@ RESUMED_ATTR = "resumed_from"
 # number and "dir": a retry inherits its first try's attributes)
 WORKER_ATTR = "worker"
 CLAIM_TIMEOUT_S = 10.0
+# The table every Optuna RDB storage has: a database with tables but without it is not a study database
+OPTUNA_TABLE = "studies"
 
 
-def make_storage(settings: SearchSettings) -> RDBStorage:
+def make_storage(settings: SearchSettings) -> PatientStorage:
     """An RDB storage whose running trials send heartbeats: a trial whose process died is failed after two missed
-    beats by the next worker that starts a trial, and re-queued with the same parameters (up to `max_retries`)."""
+    beats by the next worker that starts a trial, and re-queued with the same parameters (up to `max_retries`). Its
+    calls ride out a database outage of up to `storage_timeout` seconds."""
     sqlite = settings.storage.startswith("sqlite")
     # SQLite: wait for the write lock instead of failing with "database is locked" when several workers share it;
-    # transactions are begun by `_begin_immediate`, not by the driver
+    # transactions are begun by `_begin_immediate`, not by the driver. A server: test each pooled connection before
+    # use (a restarted server closed them all), and keep few: `pool_connections`
     engine_kwargs: dict[str, Any] = (
-        {"connect_args": {"timeout": 60, "isolation_level": None}} if sqlite else {"pool_pre_ping": True}
+        {"connect_args": {"timeout": 60, "isolation_level": None}}
+        if sqlite
+        else {"pool_pre_ping": True, **pool_sizes(settings.trials_per_process)}
     )
     for attempt in itertools.count(1):
         try:
-            storage = RDBStorage(
+            storage = PatientStorage(
                 settings.storage,
+                settings.storage_timeout,
                 engine_kwargs=engine_kwargs,
                 heartbeat_interval=settings.heartbeat_interval,
                 grace_period=2 * settings.heartbeat_interval,
@@ -193,19 +201,32 @@ def check_resumable(settings: SearchSettings) -> None:
                 raise missing
             return
     masked = mask_password(settings.storage)
+    engine = create_engine(settings.storage)
     try:
         # A plain connection first: Optuna words a refused connection as a failed commit
-        with create_engine(settings.storage).connect():
+        with engine.connect():
             pass
     except Exception as e:  # unreachable server, wrong credentials, missing driver
         cause = str(getattr(e, "orig", None) or e).strip().splitlines()[0][:200]
         raise UsageError(f"--storage {masked}: cannot connect ({cause})") from e
     try:
-        storage = RDBStorage(settings.storage, skip_table_creation=True)
-        names = optuna.get_all_study_names(storage)
-    except Exception as e:  # corrupted file, foreign database
+        tables = set(inspect(engine).get_table_names())
+        # A new database (no tables at all) holds no study: the first worker's `open_study` creates the tables
+        if OPTUNA_TABLE not in tables:
+            storage, names = None, []
+        else:
+            storage = RDBStorage(settings.storage, skip_table_creation=True)
+            names = optuna.get_all_study_names(storage)
+    except Exception as e:  # corrupted file, a database of another Optuna version
         cause = str(e).splitlines()[0][:200]
         raise UsageError(f"--storage {masked}: cannot open it ({type(e).__name__}: {cause})") from e
+    finally:
+        engine.dispose()
+    if tables and OPTUNA_TABLE not in tables:
+        raise UsageError(
+            f"--storage {masked}: the database holds tables that are not Optuna's ({', '.join(sorted(tables)[:5])}); "
+            "give the search a database of its own"
+        )
     if settings.study_name not in names:
         if settings.confirm_only:
             raise missing

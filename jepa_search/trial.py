@@ -21,6 +21,7 @@ from typing import Any
 import optuna
 from omegaconf import DictConfig
 
+from jepa_dreamer.checkpoint import STAGING, checkpoint_step, unreadable
 from jepa_dreamer.dreamer_v3_jepa import TrainResult
 from jepa_dreamer.evaluate import EvalHook, EvalResult
 from jepa_dreamer.metrics import LogSink
@@ -59,6 +60,8 @@ class TrialSpec:
     settings: dict[str, Any] = field(default_factory=dict)
     # The checkpoint of an earlier try of this configuration that this one continues from
     resume_from: str | None = None
+    # Why newer checkpoints of the earlier tries were skipped (`Resume.note`)
+    resume_note: str | None = None
     # The folders of the earlier tries of this configuration (oldest first)
     earlier_tries: list[str] = field(default_factory=list)
     # The run's budget in policy steps
@@ -147,18 +150,32 @@ class PruningHook:
         return self.pruned
 
 
-def checkpoint_step(path: Path) -> int:
-    """The policy step of a SheepRL checkpoint, from its name `ckpt_<step>_<rank>.ckpt`."""
-    return int(path.stem.split("_")[1])
+@dataclass(frozen=True)
+class Resume:
+    """Where a retry continues: the newest readable checkpoint of the earlier tries of its configuration (None: from
+    scratch), and the newer ones it skipped because they cannot be read, each with the reason."""
+
+    checkpoint: Path | None
+    skipped: tuple[str, ...] = ()
+
+    def note(self) -> str | None:
+        """The line training.log and results.json get when a checkpoint was skipped."""
+        if not self.skipped:
+            return None
+        where = f"continues from {self.checkpoint}" if self.checkpoint is not None else "starts over"
+        return f"unreadable checkpoint(s) skipped ({'; '.join(self.skipped)}): the trial {where}"
 
 
-def latest_checkpoint(folders: list[Path]) -> Path | None:
-    """The newest checkpoint among the folders of earlier tries (oldest first) of a configuration."""
+def resume_point(folders: list[Path]) -> Resume:
+    """The newest readable checkpoint among the folders of earlier tries (oldest first) of a configuration."""
+    skipped = []
     for folder in reversed(folders):
-        found = sorted(folder.glob("run/version_*/checkpoint/ckpt_*_0.ckpt"), key=checkpoint_step)
-        if found:
-            return found[-1]
-    return None
+        for path in sorted(folder.glob("run/version_*/checkpoint/ckpt_*_0.ckpt"), key=checkpoint_step, reverse=True):
+            reason = unreadable(path)
+            if reason is None:
+                return Resume(path, tuple(skipped))
+            skipped.append(f"{path}: {reason}")
+    return Resume(None, tuple(skipped))
 
 
 def _replayed_rows(checkpoint: Path) -> list[HistoryRow]:
@@ -169,8 +186,8 @@ def _replayed_rows(checkpoint: Path) -> list[HistoryRow]:
 
 def _remove_training_state(folder: Path) -> None:
     """A finished trial's replay buffer and checkpoints are only disk space."""
-    for pattern in ("run/version_*/memmap_buffer", "run/version_*/checkpoint", "run/version_*/checkpoint_buffers"):
-        for path in folder.glob(pattern):
+    for pattern in ("memmap_buffer", "checkpoint", "checkpoint_buffers", STAGING):
+        for path in folder.glob(f"run/version_*/{pattern}"):
             shutil.rmtree(path, ignore_errors=True)
 
 
@@ -233,6 +250,9 @@ def run_trial(
                     spec.settings["wandb_project"], spec.study_name, f"trial_{spec.number}", spec.trial_dir, config
                 )
             hook = PruningHook(trial, spec, action_repeat, progress, tracker)
+            if spec.resume_note:
+                log.warning(f"trial {spec.number}: {spec.resume_note}")
+                progress(f"trial {spec.number}: {spec.resume_note}")
             if spec.resume_from:
                 hook.replay(_replayed_rows(Path(spec.resume_from)))
                 progress(f"trial {spec.number} resumes from {spec.resume_from} ({len(hook.history)} evaluations)")
@@ -260,6 +280,7 @@ def run_trial(
                 device=device,
                 peak_memory_mib=peak_memory_mib(device),
                 resumed_from=spec.resume_from,
+                resume_note=spec.resume_note,
                 overrides=spec.overrides,
                 settings=spec.settings,
                 versions=versions(),

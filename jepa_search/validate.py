@@ -216,6 +216,7 @@ def settings_from_args(args: argparse.Namespace) -> SearchSettings:
     _positive("--eval-every", args.eval_every)
     _positive("--eval-episodes", args.eval_episodes)
     _positive("--heartbeat-interval", args.heartbeat_interval)
+    _positive("--storage-timeout", args.storage_timeout)
     if args.max_retries < 0:
         raise UsageError(f"--max-retries {args.max_retries} must be 0 or more")
     if args.checkpoint_every is not None and args.checkpoint_every < 0:
@@ -284,6 +285,7 @@ def settings_from_args(args: argparse.Namespace) -> SearchSettings:
         tensorboard=args.tensorboard,
         isolation=args.isolation,
         heartbeat_interval=args.heartbeat_interval,
+        storage_timeout=args.storage_timeout,
         max_retries=args.max_retries,
         checkpoint_every=args.eval_every if args.checkpoint_every is None else args.checkpoint_every,
         compile=_resolve_compile(args.compile, gpus),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +18,7 @@ from jepa_search.overrides import trial_overrides
 from jepa_search.results import smoothed
 from jepa_search.settings import mask_password
 from jepa_search.space import DEFAULT_SPACE_FILE, load_space, to_overrides
-from jepa_search.study import open_confirm_study, open_study
+from jepa_search.study import check_resumable, open_confirm_study, open_study
 from tests.helpers import base_args, settings_for
 
 REPO = Path(__file__).resolve().parents[1]
@@ -152,6 +153,21 @@ def test_corrupted_study_db_is_refused_and_left_alone(tmp_path, capsys):
     assert main(["--env", "dmc", "--full-steps", "2000", "--eval-every", "100", "--output-dir", str(out)]) == 2
     assert "is not an SQLite database" in capsys.readouterr().err
     assert (out / "study.db").read_bytes() == b"this is not sqlite" and sorted(os.listdir(out)) == ["study.db"]
+
+
+def test_a_database_of_other_tables_is_refused_and_an_empty_one_is_a_new_study(tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    with sqlite3.connect(out / "study.db") as db:
+        db.execute("CREATE TABLE invoices (id INTEGER)")
+    assert main(["--env", "dmc", "--full-steps", "2000", "--eval-every", "100", "--output-dir", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "holds tables that are not Optuna's (invoices)" in err and len(err.strip().splitlines()) == 1
+    (out / "study.db").unlink()
+    sqlite3.connect(out / "study.db").close()  # a new, empty database file
+    s = settings_for(tmp_path)
+    check_resumable(s)
+    assert open_study(s).study_name == s.study_name
 
 
 def test_resume_with_other_settings_names_the_differences(tmp_path, capsys):

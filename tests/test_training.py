@@ -7,10 +7,12 @@ import pytest
 import torch
 from lightning.fabric import Fabric
 
+from jepa_dreamer.checkpoint import STAGING, unreadable
 from jepa_dreamer.evaluate import EvalResult
 from jepa_dreamer.learner import Learner
 from jepa_dreamer.presets import output_overrides
 from jepa_dreamer.runner import compose_config, run
+from jepa_search.trial import resume_point
 from tests.helpers import ACTIONS, OBS_SPACE, resolved_cfg, tensorboard_scalars
 
 # Fewer and shorter gradient steps than the tiny run's: what is under test is stopping and resuming
@@ -50,6 +52,10 @@ def test_a_run_stopped_by_its_hook_resumes_from_its_checkpoint_with_its_jepa_sta
     )
 
     ckpt = next(Path(first.log_dir).rglob("ckpt_128_0.ckpt"))
+    # Written aside, then moved into place with its replay buffer: nothing is left in the staging folder
+    assert (Path(first.log_dir) / "checkpoint_buffers" / "ckpt_128_buffer_rank_0.pt").exists()
+    assert not [p for p in (Path(first.log_dir) / STAGING).rglob("*") if p.is_file()]
+    assert unreadable(ckpt) is None
     state = torch.load(ckpt, weights_only=False)
     assert state["jepa"] is not None and any(k.startswith("target_encoder.") for k in state["jepa"])
     # The learner built from the checkpoint holds the checkpoint's online and EMA weights
@@ -72,9 +78,45 @@ def test_a_run_stopped_by_its_hook_resumes_from_its_checkpoint_with_its_jepa_sta
         )
     )
     # The evaluation before the checkpoint is the first run's; the gradient steps count on from the checkpoint's
+    # (its replay buffer found where it was moved to)
     assert [e.policy_step for e in resumed.evaluations] == [128, 256]
     assert resumed.evaluations[0] == first.evaluations[0]
     assert resumed.gradient_steps > state["per_rank_gradient_steps"] > 0
+
+
+def _checkpoint(folder: Path, step: int) -> Path:
+    """A checkpoint and its replay-buffer file, laid out as SheepRL's callback writes them."""
+    path = folder / "run" / "version_0" / "checkpoint" / f"ckpt_{step}_0.ckpt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"iter_num": step, "weights": torch.randn(4096)}, path)
+    buffers = path.parents[1] / "checkpoint_buffers"
+    buffers.mkdir(exist_ok=True)
+    torch.save({"rb": torch.randn(4096)}, buffers / f"ckpt_{step}_buffer_rank_0.pt")
+    return path
+
+
+def _cut_in_half(path: Path) -> None:
+    """What a kill during the write of `path` leaves."""
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def test_a_retry_skips_unreadable_checkpoints_for_the_newest_readable_one_or_starts_over(tmp_path):
+    first, second = tmp_path / "trial_0", tmp_path / "trial_1"
+    old, newer, newest = _checkpoint(first, 500), _checkpoint(second, 500), _checkpoint(second, 1000)
+    assert resume_point([first, second]).checkpoint == newest and resume_point([first, second]).note() is None
+    _cut_in_half(newest)
+    resume = resume_point([first, second])
+    assert (
+        resume.checkpoint == newer
+        and "ckpt_1000_0.ckpt" in resume.note()
+        and f"continues from {newer}" in resume.note()
+    )
+    _cut_in_half(newer.parents[1] / "checkpoint_buffers" / "ckpt_500_buffer_rank_0.pt")  # its buffer torn
+    assert resume_point([first, second]).checkpoint == old
+    _cut_in_half(old)
+    resume = resume_point([first, second])
+    assert resume.checkpoint is None and resume.note().endswith("the trial starts over") and len(resume.skipped) == 3
 
 
 def test_process_settings_are_held_by_runs_side_by_side_and_restored_after_the_last():

@@ -4,11 +4,8 @@ trials. The trials use the scripted trainer (tests/helpers.py): these tests are 
 import json
 import multiprocessing
 import os
-import shutil
-import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -25,6 +22,7 @@ from jepa_search.space import is_control
 from jepa_search.study import make_storage, open_study
 from jepa_search.validate import settings_from_args
 from tests.helpers import scripted_trainer
+from tests.postgres import postgres_server
 
 REPO = Path(__file__).resolve().parents[1]
 WORKERS = 4
@@ -155,69 +153,17 @@ def test_four_workers_on_one_sqlite_study_train_every_configuration_once_and_one
     assert not any("database is locked" in o for o in outputs)  # SQLite's lock is waited for
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def postgres():
-    """A PostgreSQL server of Debian's packages on a local port, with a temporary data folder."""
-    bins = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
-    if not bins:
-        if os.environ.get("CI"):
-            pytest.fail("PostgreSQL is not installed: scripts/setup.sh installs Debian's postgresql")
-        pytest.skip("PostgreSQL is not installed (scripts/setup.sh installs it)")
-    bindir = bins[-1].parent
-    # Not under pytest's temporary folder: that one is private to this user, and the server runs as `postgres`
-    root = Path(tempfile.mkdtemp(prefix="jepa-search-pg-"))
-    data = root / "data"
-    data.mkdir()
-    as_user = []
-    if os.geteuid() == 0:  # initdb refuses to run as root
-        shutil.chown(root, "postgres")
-        shutil.chown(data, "postgres")
-        as_user = ["runuser", "-u", "postgres", "--"]
-    port = _free_port()
-    subprocess.run(
-        [*as_user, str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"],
-        check=True,
-        capture_output=True,
-    )
-    subprocess.run(
-        [
-            *as_user,
-            str(bindir / "pg_ctl"),
-            "-D",
-            str(data),
-            "-w",
-            "-l",
-            str(data / "log"),
-            "-o",
-            f"-p {port} -k {data} -c listen_addresses=127.0.0.1",
-            "start",
-        ],
-        check=True,
-        capture_output=True,
-    )
-    try:
-        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
-    finally:
-        subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"], capture_output=True)
-        shutil.rmtree(root, ignore_errors=True)
-
-
 @pytest.mark.slow
-def test_four_workers_share_one_postgresql_study(tmp_path, postgres):
-    out = tmp_path / "pg"
-    argv = _args(out, "--n-trials", "10", "--storage", postgres)
-    settings = settings_from_args(build_parser().parse_args(argv))
-    out.mkdir()
-    study = open_study(settings)
-    assert not (out / "study.db").exists()  # the study lives in PostgreSQL
-    outputs = _run_workers(argv)
-    _check_shared_study(study, out, 10, outputs)
+def test_four_workers_share_one_postgresql_study_they_create_on_a_new_server(tmp_path):
+    # A freshly made server: its database has no table yet, and every worker checks it as the command line does
+    with postgres_server() as server:
+        out = tmp_path / "pg"
+        argv = _args(out, "--n-trials", "10", "--storage", server.url)
+        outputs = _run_workers(argv)
+        assert not (out / "study.db").exists()  # the study lives in PostgreSQL
+        settings = settings_from_args(build_parser().parse_args(argv))
+        _check_shared_study(open_study(settings), out, 10, outputs)
+        assert sum(is_control(t) for t in open_study(settings).trials) == 1  # created once
 
 
 @pytest.mark.parametrize(
