@@ -412,10 +412,14 @@ KILL_MOMENTS = {
 def test_killed_at_any_moment_a_rerun_at_once_finishes_every_trial_exactly_once(tmp_path):
     out, log = tmp_path / "kills", tmp_path / "search.log"
     checkpointed: dict[str, int] = {}  # trial folder -> the checkpoint step it had when killed
+    cut: Path | None = None  # a checkpoint cut in half: what a kill during its write in place would leave
     for moment, ready in KILL_MOMENTS.items():
         for folder, step in _killed_when(out, ready, log).items():
             if step:
                 checkpointed[folder] = step
+                if cut is None:
+                    cut = next(out.glob(f"{folder}/run/version_*/checkpoint/ckpt_{checkpointed.pop(folder)}_0.ckpt"))
+                    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
         print(f"killed at {moment}: {len(list(out.glob('trial_*')))} trial folders")
     started = time.monotonic()
     assert main([*KILL_ARGV, "--output-dir", str(out)]) == 0
@@ -432,7 +436,7 @@ def test_killed_at_any_moment_a_rerun_at_once_finishes_every_trial_exactly_once(
     for t in trials:
         assert results[t.number]["state"] == t.state.name and results[t.number]["params"] == configuration(t)
     # Every try killed after a checkpoint was continued from it (or from a later one) by its retry
-    assert checkpointed, "no kill came after a checkpoint"
+    assert cut is not None, "no kill came after a checkpoint"
     for t in trials:
         step = checkpointed.get(f"trial_{t.system_attrs.get('failed_trial')}")
         if step:
@@ -441,6 +445,14 @@ def test_killed_at_any_moment_a_rerun_at_once_finishes_every_trial_exactly_once(
     for t in finished:
         history = pd.read_csv(out / f"trial_{t.number}" / "history.csv")
         assert list(history["eval_index"]) == [1, 2, 3, 4] and results[t.number]["steps"] == 512
+    # The retry of the try whose checkpoint was cut fell back to an older one or started over, saying so, and its
+    # configuration finished all the same
+    cut_try = int(cut.parents[3].name.split("_")[1])
+    retries = [t.number for t in trials if cut_try in t.system_attrs.get("retry_history", [])]
+    noted = [n for n in retries if f"{cut}: BadZipFile" in (results[n]["resume_note"] or "")]
+    assert noted and all(results[n]["resumed_from"] != str(cut) for n in retries), retries
+    assert "unreadable checkpoint(s) skipped" in (out / f"trial_{noted[0]}" / "training.log").read_text()
+    assert results[cut_try]["params"] in [results[t.number]["params"] for t in finished]
     # Every configuration finished, and with it every try of it left its buffer and checkpoints
     assert not list(out.glob("trial_*/run/version_*/memmap_buffer"))
     assert not list(out.glob("trial_*/run/version_*/checkpoint"))
