@@ -13,9 +13,9 @@ import pytest
 from tests.slurm import slurm_cluster
 
 REPO = Path(__file__).resolve().parents[1]
-# Trials of 256 steps with an evaluation and a checkpoint every 128: the control and 3 JEPA configurations
+# Trials of 256 steps with an evaluation and a checkpoint every 128: the control and a JEPA configuration
 ARGV = ["--env", "dmc", "--full-steps", "1280", "--fidelity-frac", "0.2", "--eval-every", "128"]
-ARGV += ["--eval-episodes", "1", "--dry-run", "--n-trials", "4", "--pruner", "none"]
+ARGV += ["--eval-episodes", "1", "--dry-run", "--n-trials", "2", "--pruner", "none"]
 
 
 def _wait(condition, what: str, timeout: float = 300) -> None:
@@ -70,7 +70,7 @@ def test_a_job_array_of_workers_on_the_job_s_own_database_finishes_every_trial_o
         finished = rows[rows["state"].isin(["COMPLETE", "PRUNED"])]
         # Every configuration (the control's too) finished once; the cancelled trial failed and was taken over
         params = ["jepa_coef", "jepa_ema", "jepa_mask.erase_frac"]
-        assert len(finished) == 4 and not finished[params].astype(str).duplicated().any(), rows
+        assert len(finished) == 2 and not finished[params].astype(str).duplicated().any(), rows
         (failed,) = rows[rows["state"] == "FAIL"]["number"]
         retry = [int(n) for n in finished["number"] if int(n) > failed]
         resumed = [json_resumed(out, n) for n in retry]
