@@ -125,7 +125,19 @@ class SlurmCluster:
                 os.kill(pid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
+        # They save their state as they stop: their folder is removed once they are gone
+        deadline = time.monotonic() + 30
+        while any(_alive(pid) for pid in self.pids) and time.monotonic() < deadline:
+            time.sleep(0.1)
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    """Whether the process runs (a daemon's zombie, left to a parent that does not reap it, does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
 
 
 @contextmanager
