@@ -5,7 +5,8 @@
 
 It runs the same `run_trial` as the in-process search and writes the same files; it reaches the Optuna trial through
 the shared storage (URL from $JEPA_SEARCH_STORAGE, else the spec's), so reporting and pruning work as in-process.
-Exit code 0 when the trial completed or was pruned (see results.json), 1 when it failed.
+Exit code 0 when the trial completed or was pruned (see results.json), 1 when it failed, 75 when the database stayed
+out of reach past --storage-timeout.
 """
 
 import argparse
@@ -18,6 +19,7 @@ import optuna
 
 from jepa_search.objective import STORAGE_ENV
 from jepa_search.progress import printer
+from jepa_search.storage import EXIT_STORAGE, PatientStorage, StorageUnavailable
 from jepa_search.study import make_pruner
 from jepa_search.trial import TrialSpec, run_trial
 
@@ -29,11 +31,14 @@ def main() -> int:
     args = parser.parse_args()
     spec = dataclasses.replace(TrialSpec.load(Path(args.trial_config)), trial_dir=args.out)
     pruner = make_pruner(spec.settings["pruner"], spec.grace_evaluations, spec.n_evaluations)
-    study = optuna.load_study(
-        study_name=spec.study_name, storage=os.environ.get(STORAGE_ENV, spec.storage), pruner=pruner
-    )
+    # A database outage is ridden out as in the search's own process (jepa_search/storage.py)
+    storage = PatientStorage(os.environ.get(STORAGE_ENV, spec.storage), spec.settings["storage_timeout"])
+    study = optuna.load_study(study_name=spec.study_name, storage=storage, pruner=pruner)
     try:
         run_trial(spec, optuna.trial.Trial(study, spec.trial_id), printer())
+    except StorageUnavailable as e:
+        print(f"train_wrapper.py: error: {e}", file=sys.stderr)
+        return EXIT_STORAGE
     except Exception:
         return 1
     return 0

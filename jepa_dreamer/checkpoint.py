@@ -74,7 +74,7 @@ def unreadable(path: Path) -> str | None:
             with zipfile.ZipFile(file) as archive:
                 bad = archive.testzip()
         except (OSError, zipfile.BadZipFile) as e:
-            return f"{file.name}: {type(e).__name__}: {e}"
+            return f"{file}: {type(e).__name__}: {e}"
         if bad is not None:
-            return f"{file.name}: {bad} is corrupt"
+            return f"{file}: {bad} is corrupt"
     return None

@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -201,6 +201,20 @@ def _save_checkpoint(
     )
 
 
+def _close(*closers: Callable[[], None]) -> None:
+    """Close the environments. While an exception is on its way out, an error in closing them is logged, not raised
+    in its place: Ctrl-C and Slurm's scancel signal the environments' processes too, whose pipes then break, and the
+    interrupt must still reach the search."""
+    failing = sys.exc_info()[1] is not None
+    for close in closers:
+        try:
+            close()
+        except Exception as e:
+            if not failing:
+                raise
+            log.warning(f"closing the environments after the failure above: {type(e).__name__}: {e}")
+
+
 def train(
     fabric: Fabric,
     cfg: dict[str, Any],
@@ -288,9 +302,7 @@ def train(
         result.gradient_steps = learner.gradient_steps
         status = "success"
     finally:
-        env_loop.close()
-        if evaluator is not None:
-            evaluator.close()
+        _close(env_loop.close, *([evaluator.close] if evaluator is not None else []))
         if logger is not None:
             logger.finalize(status)
     result.seconds = time.perf_counter() - started

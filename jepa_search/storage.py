@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import threading
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -58,8 +57,8 @@ class PatientStorage(RDBStorage):
 
     def __init__(self, url: str, timeout: float, **kwargs: Any) -> None:
         self.timeout = timeout
+        # Why this process gave up on the storage (set once, by whichever thread first waited out the timeout)
         self.gave_up: str | None = None
-        self._outage = threading.Lock()
         super().__init__(url, **kwargs)
 
     def _patiently(self, call: Callable[[], T], name: str) -> T:
@@ -75,11 +74,10 @@ class PatientStorage(RDBStorage):
                 waited = time.monotonic() - started
                 cause = str(getattr(e.__cause__, "orig", None) or e.__cause__ or e).strip().splitlines()[0][:160]
                 if waited >= self.timeout or self.gave_up is not None:
-                    with self._outage:
-                        self.gave_up = self.gave_up or (
-                            f"the storage did not answer for {waited:.0f} s (--storage-timeout {self.timeout:g}; "
-                            f"{cause}); rerun the same command once it is back: the trials resume"
-                        )
+                    self.gave_up = self.gave_up or (
+                        f"the storage did not answer for {waited:.0f} s (--storage-timeout {self.timeout:g}; "
+                        f"{cause}); rerun the same command once it is back: the trials resume"
+                    )
                     raise StorageUnavailable(self.gave_up) from e
                 if tries == 0:
                     log.warning(

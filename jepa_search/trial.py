@@ -174,7 +174,7 @@ def resume_point(folders: list[Path]) -> Resume:
             reason = unreadable(path)
             if reason is None:
                 return Resume(path, tuple(skipped))
-            skipped.append(f"{path}: {reason}")
+            skipped.append(reason)
     return Resume(None, tuple(skipped))
 
 

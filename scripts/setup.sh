@@ -10,6 +10,9 @@ ldconfig -p | grep -q 'libOpenGL.so.0' || missing+=(libopengl0)
 ldconfig -p | grep -q 'libGL.so.1' || missing+=(libgl1)
 # The tests start their own PostgreSQL server (several search workers on one study)
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
+# ... and a one-node Slurm cluster (the job-array recipe, scripts/slurm_search.sbatch): Debian's slurm-wlm daemons
+[ -x /usr/sbin/slurmctld ] && [ -x /usr/sbin/slurmd ] && [ -x /usr/bin/sbatch ] || missing+=(slurmctld slurmd slurm-client)
+[ -x /usr/sbin/munged ] || missing+=(munge)
 if [ ${#missing[@]} -gt 0 ]; then
   SUDO=$([ "$(id -u)" -eq 0 ] && echo "" || echo sudo)
   $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null

@@ -92,6 +92,7 @@ BAD_INPUTS = [
     (["--task", "walker_fly"], "--task walker_fly is not a DMC task"),
     (["--storage", "not a url"], "is not a database URL"),
     (["--storage", "redis://localhost/0"], "use a sqlite:///"),
+    (["--storage-timeout", "0"], "--storage-timeout 0.0 must be positive"),
     (["--override", "algo.per_rank_batch_size"], "must look like KEY=VALUE"),
     (["--override", "algo.total_steps=5"], "set by the search itself"),
     (["--override", "algo.no_such_key=1"], "SheepRL rejects the trial configuration"),
