@@ -9,6 +9,8 @@ COMPILE_KEYS = {
     "graph": "algo.compile_graph",
     "fused": "algo.compile_fused",
 }
+# The routes whose whole step is captured as a CUDA graph after eager warm-up steps (`jepa_dreamer/graphed.py`)
+CAPTURED_ROUTES = ("graph", "fused")
 
 # A model small enough for end-to-end runs on a CPU
 TINY_MODEL_OVERRIDES: tuple[str, ...] = (
