@@ -4,7 +4,8 @@ Everything DreamerV3 does comes from SheepRL by import (`world_model_loss`, `ima
 `update`): the world-model step's loss gains `jepa_coef · L_jepa` and it updates the EMA target after its optimiser
 step; the behaviour step is SheepRL's without its host synchronisations (`jepa_dreamer/behaviour.py`). With
 `jepa_coef: 0` no JEPA module exists and the world-model step is SheepRL's. With `algo.compile_graph` the same update
-is replayed as one CUDA graph (`jepa_dreamer/graphed.py`).
+is replayed as one CUDA graph (`jepa_dreamer/graphed.py`); `algo.compile_fused` compiles its parts first
+(`jepa_dreamer/fused.py`).
 """
 
 from __future__ import annotations
