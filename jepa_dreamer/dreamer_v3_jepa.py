@@ -246,8 +246,6 @@ def train(
         rb = _replay_buffer(fabric, cfg, log_dir, state)
         schedule = Schedule.of(fabric, cfg, state)
         feed = _batch_feed(fabric, cfg, learner, rb)
-        # The gradient steps of the next iteration, when its batches are drawn ahead
-        planned: dict[int, int] = {}
         policy_step = state["iter_num"] * cfg.env.num_envs if state else 0
         last_checkpoint = state.get("last_checkpoint", 0)
         metrics = MetricMeans(set(cfg.metric.aggregator.metrics) & AGGREGATOR_KEYS)
@@ -274,9 +272,7 @@ def train(
                 )
 
             # Learn: as many gradient steps as the replay ratio allows
-            gradient_steps = planned.pop(iter_num, None)
-            if gradient_steps is None:
-                gradient_steps = schedule.gradient_steps(iter_num, policy_step, fabric.world_size)
+            gradient_steps = schedule.gradient_steps(iter_num, policy_step, fabric.world_size)
             if gradient_steps > 0:
                 _learn(learner, feed.batches(gradient_steps), metrics, measure_ratio, policy_step)
                 measure_ratio = False
@@ -301,12 +297,6 @@ def train(
             if (every > 0 and policy_step - last_checkpoint >= every) or (last and cfg.checkpoint.save_last):
                 last_checkpoint = policy_step
                 _save_checkpoint(fabric, cfg, log_dir, learner, schedule, rb, iter_num, policy_step, result)
-
-            # The next iteration's batches, drawn while it acts (after the checkpoint: it saves the schedule's state)
-            if feed.mode == "ahead" and not last:
-                next_step = policy_step + schedule.steps_per_iter
-                planned[iter_num + 1] = schedule.gradient_steps(iter_num + 1, next_step, fabric.world_size)
-                feed.draw_ahead(planned[iter_num + 1])
         result.policy_steps = policy_step
         result.gradient_steps = learner.gradient_steps
         status = "success"

@@ -11,6 +11,7 @@ consumer's stream, so that a step reads a batch after its copy.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -70,8 +71,8 @@ class Prefetched(Generic[T]):
         self._thread.join()
 
 
-# `algo.prefetch`: none; `iteration`, the batches of an iteration (the loop's very batches); `ahead`, also the next
-# iteration's, drawn while it acts, before its transitions reach the buffer
+# `algo.prefetch`: none; `iteration`, the batches of an iteration (the loop's very batches); `ahead`, one stream of
+# batches across iterations, drawn before the newest transitions reach the buffer
 PREFETCH_MODES = ("none", "iteration", "ahead")
 
 
@@ -90,9 +91,10 @@ class GuardedAdds:
 class BatchFeed(Generic[T]):
     """The batches of every iteration's gradient steps, drawn by `draw(n_steps)` as `mode` says (`PREFETCH_MODES`).
 
-    With `ahead` the training loop asks for the next iteration's batches (`draw_ahead`) once an iteration is over:
-    they are drawn in the thread while the next iteration acts, from the buffer without its newest transitions (one
-    policy step of each environment); the buffer's adds wait for a draw in progress (`adds`)."""
+    With `ahead`, one thread draws a stream of batches for all iterations, a batch ahead of the steps, in draws of as
+    many batches as the last iteration took: the next iteration's first draw runs during this iteration's last step
+    and its acting, so it misses that iteration's newest transitions (one policy step of each environment). The
+    buffer's adds wait for a draw in progress (`adds`)."""
 
     def __init__(self, draw: Callable[[int], Iterator[T]], mode: str, device: torch.device) -> None:
         if mode not in PREFETCH_MODES:
@@ -101,31 +103,35 @@ class BatchFeed(Generic[T]):
         self.mode = mode
         self.device = device
         self.lock = threading.Lock()
-        self._next: Prefetched[T] | None = None
+        self._stream: Prefetched[T] | None = None
+        self._batches: Iterator[T] | None = None
+        self._draw_size = 1
 
     def adds(self, rb: Any) -> Any:
         """The buffer the environments add to: guarded while a draw may run beside them."""
         return GuardedAdds(rb, self.lock) if self.mode == "ahead" else rb
 
     def batches(self, n_steps: int) -> Iterable[T]:
-        """This iteration's `n_steps` batches: the ones drawn ahead, or drawn now."""
-        if self._next is not None:
-            batches, self._next = self._next, None
-            return batches
+        """This iteration's `n_steps` batches."""
         if self.mode == "none":
             return self.draw(n_steps)
-        return Prefetched(self.draw(n_steps), self.device)
+        if self.mode == "iteration":
+            return Prefetched(self.draw(n_steps), self.device)
+        self._draw_size = n_steps
+        if self._stream is None:  # at the first gradient step: the buffer holds enough transitions from then on
+            self._stream = Prefetched(self._draws(), self.device)
+            self._batches = iter(self._stream)
+        return itertools.islice(self._batches, n_steps)
 
-    def draw_ahead(self, n_steps: int) -> None:
-        """Start drawing the next iteration's `n_steps` batches now (mode `ahead`; nothing otherwise)."""
-        if self.mode == "ahead" and n_steps > 0:
-            self._next = Prefetched(_locked(self.draw(n_steps), self.lock), self.device)
+    def _draws(self) -> Iterator[T]:
+        """Draws of `_draw_size` batches, one after the other, each from the buffer under the lock."""
+        while True:
+            yield from _locked(self.draw(self._draw_size), self.lock)
 
     def close(self) -> None:
-        """Stop a draw ahead that no iteration took (the run ended or failed)."""
-        if self._next is not None:
-            self._next.close()
-            self._next = None
+        """Stop the stream of `ahead`."""
+        if self._stream is not None:
+            self._stream.close()
 
 
 def _locked(source: Iterator[T], lock: threading.Lock) -> Iterator[T]:

@@ -3,7 +3,6 @@ order allows, failures raised where they belong, and adds that wait for a draw a
 
 from __future__ import annotations
 
-import threading
 import time
 
 import pytest
@@ -48,28 +47,34 @@ def test_a_failed_draw_is_raised_in_its_place_and_close_stops_the_thread():
     assert not prefetched._thread.is_alive()
 
 
-def test_a_draw_ahead_holds_the_buffers_adds_until_it_has_drawn():
-    added = []
+def test_ahead_is_one_stream_of_batches_whose_draws_hold_the_buffers_adds():
+    events: list[str] = []
+    sizes: list[int] = []
 
     class Buffer:
         def add(self, data: int) -> None:
-            added.append(data)
-
-    drawn = threading.Event()
+            events.append("add")
 
     def draw(n_steps: int):
-        time.sleep(0.2)  # sampling from the buffer, before its first batch
-        drawn.set()
+        sizes.append(n_steps)
+        events.append("draw")
+        time.sleep(0.1)  # sampling from the buffer, before the first batch
+        events.append("drawn")
         yield from range(n_steps)
 
     feed = BatchFeed(draw, "ahead", CPU)
     buffer = feed.adds(Buffer())
     assert isinstance(buffer, GuardedAdds)
-    feed.draw_ahead(3)
-    time.sleep(0.05)
-    buffer.add(7)  # waits for the draw
-    assert drawn.is_set() and added == [7]
     assert list(feed.batches(3)) == [0, 1, 2]
+    time.sleep(0.05)  # the next draw (of 3, as the last iteration took) runs meanwhile
+    buffer.add(7)
+    # The stream goes on across iterations: the rest of a draw, then a draw of the size last asked for
+    assert list(feed.batches(2)) == [0, 1]
+    assert list(feed.batches(2)) == [2, 0]
+    feed.close()
+    assert sizes[:3] == [3, 3, 2]
+    # No add while a draw reads the buffer
+    assert "add" in events and events[events.index("add") - 1] == "drawn", events
     assert not isinstance(BatchFeed(draw, "iteration", CPU).adds(Buffer()), GuardedAdds)
     with pytest.raises(ValueError, match="choose from none, iteration, ahead"):
         BatchFeed(draw, "always", CPU)
