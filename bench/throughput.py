@@ -55,6 +55,11 @@ VARIANTS: dict[str, tuple[str, tuple[str, ...], str]] = {
         ("algo.jepa_coef=1", "algo.compile_steps=True", "fabric.precision=32-true"),
         "jepa_steps in fp32 (TF32 matmuls): no autocast casts, where the launch-bound step pays for every kernel",
     ),
+    "jepa_steps_ahead": (
+        "dreamer_v3_jepa",
+        ("algo.jepa_coef=1", "algo.compile_steps=True", "algo.prefetch=ahead"),
+        "jepa_steps with the replay batches drawn in a thread, a batch ahead across iterations (algo.prefetch=ahead)",
+    ),
     "jepa_graph": (
         "dreamer_v3_jepa",
         ("algo.jepa_coef=1", "algo.compile_graph=True"),
