@@ -296,7 +296,9 @@ def train(
             every = cfg.checkpoint.every
             if (every > 0 and policy_step - last_checkpoint >= every) or (last and cfg.checkpoint.save_last):
                 last_checkpoint = policy_step
-                _save_checkpoint(fabric, cfg, log_dir, learner, schedule, rb, iter_num, policy_step, result)
+                # SheepRL's checkpoint marks the buffer's last steps truncated while it saves: no draw ahead meanwhile
+                with feed.lock:
+                    _save_checkpoint(fabric, cfg, log_dir, learner, schedule, rb, iter_num, policy_step, result)
         result.policy_steps = policy_step
         result.gradient_steps = learner.gradient_steps
         status = "success"

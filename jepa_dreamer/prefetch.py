@@ -92,9 +92,9 @@ class BatchFeed(Generic[T]):
     """The batches of every iteration's gradient steps, drawn by `draw(n_steps)` as `mode` says (`PREFETCH_MODES`).
 
     With `ahead`, one thread draws a stream of batches for all iterations, a batch ahead of the steps, in draws of as
-    many batches as the last iteration took: the next iteration's first draw runs during this iteration's last step
-    and its acting, so it misses that iteration's newest transitions (one policy step of each environment). The
-    buffer's adds wait for a draw in progress (`adds`)."""
+    many batches as the last iteration took: the next iteration's draw runs during this iteration's steps, so it
+    misses the transitions that the next iteration adds before its steps (one policy step of each environment). The
+    buffer's adds wait for a draw in progress (`adds`), as must any other write to the buffer (`lock`)."""
 
     def __init__(self, draw: Callable[[int], Iterator[T]], mode: str, device: torch.device) -> None:
         if mode not in PREFETCH_MODES:
