@@ -22,17 +22,26 @@ from torch import nn
 
 from jepa_dreamer.compiled import CompiledSteps, with_compiled_steps
 from jepa_dreamer.jepa import jepa_loss
+from jepa_dreamer.shared import Shared
 
 
 def _compile(fn: Callable[..., Any], fullgraph: bool = True) -> Callable[..., Any]:
     return torch.compile(fn, dynamic=False, fullgraph=fullgraph)
 
 
+# Dynamo's limit of compiled entries per code object, raised while any step of the fused route runs (in any thread)
+_RECOMPILE_LIMIT = Shared()
+_raised = contextlib.ExitStack()
+
+
 def fused_scope() -> contextlib.AbstractContextManager[None]:
     """What a gradient step of the fused route runs under: parts of one class (the critics and heads are SheepRL's
     `MLP`s) share one code object, whose compiled entries Dynamo counts together, one per part and input shape, and
-    past its limit (8) it stops compiling. The parts compile lazily, inside a step, so the limit is scoped to it."""
-    return torch._dynamo.config.patch(recompile_limit=64)
+    past its limit (8) a part compiled with `fullgraph` fails. The parts compile lazily, inside a step, so the limit is
+    raised for the steps, held together by the trials that run side by side in threads."""
+    return _RECOMPILE_LIMIT.held(
+        lambda: _raised.enter_context(torch._dynamo.config.patch(recompile_limit=64)), _raised.close
+    )
 
 
 class FusedRSSM(CompiledSteps):
