@@ -27,6 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import throughput  # noqa: E402 (the benchmark's configuration and synthetic batch)
 
+from jepa_dreamer.presets import CAPTURED_ROUTES  # noqa: E402 (on the path once throughput is imported)
+
 # CUDA runtime and driver calls that put work on the GPU
 CUDA_LAUNCHES = ("cudaLaunchKernel", "cuLaunchKernel", "cudaGraphLaunch", "cudaMemcpyAsync", "cudaMemsetAsync")
 NOT_LAUNCHES = frozenset({"aten::empty", "aten::empty_strided", "aten::empty_like", "aten::_unsafe_view"})
@@ -66,7 +68,7 @@ def measure(route: str, args: argparse.Namespace) -> int:
     from jepa_dreamer.graphed import WARMUP_STEPS
 
     learner, batch = throughput.fresh_learner(args, throughput.MODE_OVERRIDES[route], Path("/tmp/launches_runs"))
-    for _ in range(2 + (WARMUP_STEPS if route == "graph" else 0)):
+    for _ in range(2 + (WARMUP_STEPS if route in CAPTURED_ROUTES else 0)):
         learner.train_step({k: v.clone() for k, v in batch.items()}, None, measure_ratio=False)
     cuda = learner.fabric.device.type == "cuda"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
@@ -85,11 +87,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tiny", action="store_true", help="the tests' tiny model")
     default = "cuda" if torch.cuda.is_available() else "cpu"
     parser.add_argument("--accelerator", choices=("cuda", "cpu"), default=default)
-    parser.add_argument("--routes", default="steps,graph", help="routes counted besides the plain step: steps, graph")
+    ours = ("steps", *CAPTURED_ROUTES)
+    parser.add_argument("--routes", default=",".join(ours), help=f"routes counted besides the plain step: {ours}")
     args = parser.parse_args(argv)
     routes = [r for r in args.routes.split(",") if r]
-    if not set(routes) <= {"steps", "graph"}:
-        parser.error(f"--routes {args.routes}: choose from steps, graph")
+    if not set(routes) <= set(ours):
+        parser.error(f"--routes {args.routes}: choose from {', '.join(ours)}")
     with inductor_config.patch({"cpp.enable_kernel_profile": True}):
         counts = {route: measure(route, args) for route in ("plain", *routes)}
     fewer = ", ".join(f"{r} {counts[r]} ({counts['plain'] / counts[r]:.2f}x fewer)" for r in routes)

@@ -35,7 +35,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from jepa_dreamer.presets import COMPILE_KEYS  # noqa: E402 (the compiled routes and their keys)
+from jepa_dreamer.presets import CAPTURED_ROUTES, COMPILE_KEYS  # noqa: E402 (the compiled routes and their keys)
 
 # What stays entered until this process ends: a learner's process settings
 _PROCESS = contextlib.ExitStack()
@@ -55,10 +55,20 @@ VARIANTS: dict[str, tuple[str, tuple[str, ...], str]] = {
         ("algo.jepa_coef=1", "algo.compile_steps=True", "fabric.precision=32-true"),
         "jepa_steps in fp32 (TF32 matmuls): no autocast casts, where the launch-bound step pays for every kernel",
     ),
+    "jepa_steps_ahead": (
+        "dreamer_v3_jepa",
+        ("algo.jepa_coef=1", "algo.compile_steps=True", "algo.prefetch=ahead"),
+        "jepa_steps with the replay batches drawn in a thread, a batch ahead across iterations (algo.prefetch=ahead)",
+    ),
     "jepa_graph": (
         "dreamer_v3_jepa",
         ("algo.jepa_coef=1", "algo.compile_graph=True"),
         "ours, JEPA on, the whole gradient step replayed as one CUDA graph (algo.compile_graph, our route)",
+    ),
+    "jepa_fused": (
+        "dreamer_v3_jepa",
+        ("algo.jepa_coef=1", "algo.compile_fused=True"),
+        "ours, JEPA on, the step's parts compiled, then captured as one CUDA graph (algo.compile_fused, our route)",
     ),
     "jepa_compiled": (
         "dreamer_v3_jepa",
@@ -382,9 +392,9 @@ def run_numerics(args: argparse.Namespace) -> dict[str, Any]:
     """Gradient steps on one batch with the plain step and each compiled route, from the same weights and the same
     random stream (`fallback_random` makes the compiled random ops draw what eager ones draw): their losses, and the
     seconds of each step (the first one of a compiled route includes its compilation). In bf16-mixed the plain step
-    in fp32 is compared too: a route is sound when it moves the losses less than bf16's own rounding does. With the
-    `graph` route every mode trains as many more steps as the graph's warm-up, so that it replays a captured graph
-    at the last 3 (its first replayed step also captures it)."""
+    in fp32 is compared too: a route is sound when it moves the losses less than bf16's own rounding does. With a
+    captured route (`graph`, `fused`) every mode trains as many more steps as the graph's warm-up, so that it replays
+    a captured graph at the last 3 (its first replayed step also captures it)."""
     import warnings
 
     import torch
@@ -406,7 +416,7 @@ def run_numerics(args: argparse.Namespace) -> dict[str, Any]:
     losses: dict[str, list[dict[str, float]]] = {}
     seconds: dict[str, list[float]] = {}
     syncs: dict[str, int] = {}
-    steps = 3 + (WARMUP_STEPS if "graph" in args.routes else 0)
+    steps = 3 + (WARMUP_STEPS if set(CAPTURED_ROUTES) & set(args.routes) else 0)
     _, overrides = overrides_for("jepa", args.tiny, args.accelerator, 0, Path(args.log_root))
     reference = [FP32_REFERENCE] if compose_config(overrides).fabric.precision != "32-true" else []
     for mode in ("plain", *args.routes, *reference):
@@ -421,7 +431,7 @@ def run_numerics(args: argparse.Namespace) -> dict[str, Any]:
             losses[mode].append({k: v for k, v in capture.values.items() if k.startswith("Loss/")})
             seconds[mode].append(time.perf_counter() - started)  # the capture has read every loss back
             print(f"{mode} step {step}: {seconds[mode][-1]:.1f} s", flush=True)
-        if mode in ("plain", "graph") and fabric.device.type == "cuda":
+        if mode in ("plain", *CAPTURED_ROUTES) and fabric.device.type == "cuda":
             # Host synchronisations of one warmed-up step without metrics (a search trial's), by CUDA's debug mode
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
@@ -609,7 +619,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--routes",
         default=",".join(COMPILE_KEYS),
         help="compiled routes that the numerics run compares with the plain step: steps (ours, algo.compile_steps), "
-        "losses (SheepRL's algo.compile), graph (ours, algo.compile_graph)",
+        "losses (SheepRL's algo.compile), graph (ours, algo.compile_graph), fused (ours, algo.compile_fused)",
     )
     parser.add_argument("--evaluate", help="the variant whose K=1 run times an evaluation (jepa_steps; tiny: jepa)")
     parser.add_argument("--warmup", type=int, default=None, help="gradient steps before the window (GPU 30, tiny 5)")

@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,12 +28,14 @@ from sheeprl.utils.compile import compile_enabled
 from sheeprl.utils.logger import get_log_dir, get_logger
 from sheeprl.utils.registry import register_algorithm
 from sheeprl.utils.utils import Ratio, off_policy_schedule, save_configs
+from torch import Tensor
 
 from jepa_dreamer.env_loop import EnvLoop
 from jepa_dreamer.evaluate import EvalHook, EvalResult, Evaluator
 from jepa_dreamer.graphed import host_batches
 from jepa_dreamer.learner import Learner
 from jepa_dreamer.metrics import IntervalLog, LogSink, MetricMeans
+from jepa_dreamer.prefetch import BatchFeed, Prefetched
 from jepa_dreamer.shared import gpu_work
 from jepa_dreamer.utils import AGGREGATOR_KEYS
 
@@ -149,20 +151,27 @@ def _evaluate(logger: Logger | None, evaluator: Evaluator, result: TrainResult, 
     return evaluation
 
 
+def _batch_feed(
+    fabric: Fabric, cfg: dict[str, Any], learner: Learner, rb: EnvIndependentReplayBuffer
+) -> BatchFeed[dict[str, Tensor]]:
+    """The batches of the iterations' gradient steps, sampled from the buffer, drawn ahead as `algo.prefetch` says."""
+    # The graph route on a GPU takes the batches on the host: it copies them in from pinned memory, without a sync
+    on_host = learner.graphed is not None and learner.graphed.takes_host_batches
+
+    def draw(n_steps: int) -> Iterator[dict[str, Tensor]]:
+        return host_batches(cfg, rb, n_steps) if on_host else sample_batches(fabric, cfg, rb, n_steps)
+
+    return BatchFeed(draw, cfg.algo.prefetch, fabric.device)
+
+
 def _learn(
-    fabric: Fabric,
-    cfg: dict[str, Any],
     learner: Learner,
-    rb: EnvIndependentReplayBuffer,
-    gradient_steps: int,
+    batches: Iterable[dict[str, Tensor]],
     metrics: MetricMeans,
     measure_ratio: bool,
     policy_step: int,
 ) -> None:
-    """`gradient_steps` gradient steps on batches sampled from the buffer; a diverged run fails with its step."""
-    # The graph route on a GPU takes the batches on the host: it copies them in from pinned memory, without a sync
-    on_host = learner.graphed is not None and learner.graphed.takes_host_batches
-    batches = host_batches(cfg, rb, gradient_steps) if on_host else sample_batches(fabric, cfg, rb, gradient_steps)
+    """A gradient step on each batch; a diverged run fails with its step."""
     try:
         for i, batch in enumerate(batches):
             learner.train_step(batch, metrics, measure_ratio=measure_ratio and i == 0)
@@ -170,6 +179,9 @@ def _learn(
         # NaN weights usually break a sampling op before the check below: name the cause
         learner.raise_if_diverged(policy_step)
         raise
+    finally:
+        if isinstance(batches, Prefetched):
+            batches.close()
     learner.raise_if_diverged(policy_step)
 
 
@@ -238,6 +250,7 @@ def train(
     result = TrainResult(log_dir, evaluations=[EvalResult.from_dict(d) for d in state.get("evaluations", [])])
     env_loop = EnvLoop(fabric, cfg, log_dir)
     evaluator: Evaluator | None = None
+    feed: BatchFeed[dict[str, Tensor]] | None = None
     status = "failed"
     try:
         learner = Learner(
@@ -247,6 +260,7 @@ def train(
             evaluator = Evaluator(fabric, cfg, learner.player, env_loop.actions_dim, env_loop.is_continuous)
         rb = _replay_buffer(fabric, cfg, log_dir, state)
         schedule = Schedule.of(fabric, cfg, state)
+        feed = _batch_feed(fabric, cfg, learner, rb)
         policy_step = state["iter_num"] * cfg.env.num_envs if state else 0
         last_checkpoint = state.get("last_checkpoint", 0)
         metrics = MetricMeans(set(cfg.metric.aggregator.metrics) & AGGREGATOR_KEYS)
@@ -270,12 +284,14 @@ def train(
 
             # Act: random actions until learning starts, then the player's
             with torch.inference_mode():
-                env_loop.step(rb, learner.player, random=iter_num <= schedule.learning_starts, metrics=metrics)
+                env_loop.step(
+                    feed.adds(rb), learner.player, random=iter_num <= schedule.learning_starts, metrics=metrics
+                )
 
             # Learn: as many gradient steps as the replay ratio allows
             gradient_steps = schedule.gradient_steps(iter_num, policy_step, fabric.world_size)
             if gradient_steps > 0:
-                _learn(fabric, cfg, learner, rb, gradient_steps, metrics, measure_ratio, policy_step)
+                _learn(learner, feed.batches(gradient_steps), metrics, measure_ratio, policy_step)
                 measure_ratio = False
 
             # Evaluate every `eval_every` policy steps and at the end; the hook may stop the run
@@ -297,12 +313,15 @@ def train(
             every = cfg.checkpoint.every
             if (every > 0 and policy_step - last_checkpoint >= every) or (last and cfg.checkpoint.save_last):
                 last_checkpoint = policy_step
-                _save_checkpoint(fabric, cfg, log_dir, learner, schedule, rb, iter_num, policy_step, result)
+                # SheepRL's checkpoint marks the buffer's last steps truncated while it saves: no draw ahead meanwhile
+                with feed.lock:
+                    _save_checkpoint(fabric, cfg, log_dir, learner, schedule, rb, iter_num, policy_step, result)
         result.policy_steps = policy_step
         result.gradient_steps = learner.gradient_steps
         status = "success"
     finally:
-        _close(env_loop.close, *([evaluator.close] if evaluator is not None else []))
+        closers = [env_loop.close, *([evaluator.close] if evaluator is not None else [])]
+        _close(*([feed.close] if feed is not None else []), *closers)
         if logger is not None:
             logger.finalize(status)
     result.seconds = time.perf_counter() - started

@@ -36,14 +36,15 @@ WARMUP_STEPS = 3
 
 def check_graph_route(fabric: Fabric, cfg: dict[str, Any]) -> None:
     """Refuse what a captured step cannot do, with the setting to change, before anything is built."""
+    key = "algo.compile_fused" if cfg.algo.get("compile_fused") else "algo.compile_graph"
     if (cfg.algo.get("compile") or {}).get("enabled", False):
-        raise ValueError("algo.compile_graph=True with algo.compile.enabled=True: choose one compiled route")
+        raise ValueError(f"{key}=True with algo.compile.enabled=True: choose one compiled route")
     if fabric.world_size > 1:
-        raise ValueError("algo.compile_graph=True trains on one device only: set fabric.devices=1")
+        raise ValueError(f"{key}=True trains on one device only: set fabric.devices=1")
     if str(cfg.fabric.precision).startswith("16"):
-        raise ValueError("algo.compile_graph=True: fp16's loss scaler reads its overflow check on the host; use bf16")
+        raise ValueError(f"{key}=True: fp16's loss scaler reads its overflow check on the host; use bf16")
     if cfg.distribution.validate_args:
-        raise ValueError("algo.compile_graph=True: distribution.validate_args=True reads every sample on the host")
+        raise ValueError(f"{key}=True: distribution.validate_args=True reads every sample on the host")
 
 
 def make_capturable(optimizer: Optimizer) -> None:

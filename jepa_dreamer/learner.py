@@ -4,7 +4,8 @@ Everything DreamerV3 does comes from SheepRL by import (`world_model_loss`, `ima
 `update`): the world-model step's loss gains `jepa_coef · L_jepa` and it updates the EMA target after its optimiser
 step; the behaviour step is SheepRL's without its host synchronisations (`jepa_dreamer/behaviour.py`). With
 `jepa_coef: 0` no JEPA module exists and the world-model step is SheepRL's. With `algo.compile_graph` the same update
-is replayed as one CUDA graph (`jepa_dreamer/graphed.py`).
+is replayed as one CUDA graph (`jepa_dreamer/graphed.py`); `algo.compile_fused` compiles its parts first
+(`jepa_dreamer/fused.py`).
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from sheeprl.utils.fabric import autocast_cache_scope, update
 from torch import Tensor, nn
 
 from jepa_dreamer.behaviour import behaviour_learning
-from jepa_dreamer.compiled import step_scope, with_compiled_steps
+from jepa_dreamer.compiled import step_scope
+from jepa_dreamer.fused import fused_scope, step_parts
 from jepa_dreamer.graphed import GraphedStep, InPlaceMoments, check_graph_route, make_capturable
 from jepa_dreamer.jepa import JEPAHeads, jepa_loss
 from jepa_dreamer.metrics import MetricMeans
@@ -56,7 +58,9 @@ class Learner:
         is_continuous: bool,
         state: dict[str, Any] | None = None,
     ) -> None:
-        if cfg.algo.compile_graph:
+        # The fused route is captured as the graph route is, its parts compiled first
+        graph = cfg.algo.compile_graph or cfg.algo.compile_fused
+        if graph:
             check_graph_route(fabric, cfg)
         self.fabric = fabric
         self.cfg = cfg
@@ -78,9 +82,13 @@ class Learner:
             state.get("target_critic"),
         )
         self.player: PlayerDV3
-        # What the losses run: the world model itself, or a view of it with compiled recurrent steps (our route)
-        self.stepped_model = with_compiled_steps(self.world_model) if cfg.algo.compile_steps else self.world_model
+        # What the losses run: the parts themselves, or views of them with compiled code (our routes)
+        self.parts = step_parts(
+            cfg, self.world_model, self.actor, self.critic, self.target_critic, compiled(jepa_loss, fabric, cfg)
+        )
         self._step_scope = step_scope if cfg.algo.compile_steps else contextlib.nullcontext
+        if cfg.algo.compile_fused:
+            self._step_scope = fused_scope
         self.heads: JEPAHeads | None = None
         world_params = list(self.world_model.parameters())
         if self.jepa_coef > 0:
@@ -102,7 +110,7 @@ class Learner:
         for opt, key in zip(optimizers, ("world_optimizer", "actor_optimizer", "critic_optimizer")):
             if key in state:
                 opt.load_state_dict(state[key])
-            if cfg.algo.compile_graph:
+            if graph:
                 make_capturable(opt)
         self.world_optimizer, self.actor_optimizer, self.critic_optimizer = fabric.setup_optimizers(*optimizers)
         moments_cfg = cfg.algo.actor.moments
@@ -115,7 +123,7 @@ class Learner:
             self.moments.load_state_dict(state["moments"])
         # The graph route: the update of `_update` captured once and replayed (its normaliser updated in place)
         self.graphed: GraphedStep | None = None
-        if cfg.algo.compile_graph:
+        if graph:
             self._in_place_moments = InPlaceMoments(self.moments)
             self._graph_metrics: list[str] = []
             self.graphed = GraphedStep(self._graph_update, fabric.device, self.named_state)
@@ -139,14 +147,14 @@ class Learner:
         mark_gradient_step(fabric, cfg)
         with autocast_cache_scope(fabric):
             dv3_loss, posteriors, recurrent_states, metrics = compiled(world_model_loss, fabric, cfg)(
-                self.stepped_model, data, **self.wm_kwargs, entropies=with_metrics
+                self.parts.world_model, data, **self.wm_kwargs, entropies=with_metrics
             )
             loss = dv3_loss
             if self.heads is not None:
                 obs = {k: data[k] / 255.0 - 0.5 for k in self.wm_kwargs["cnn_keys"]}
                 obs.update({k: data[k] for k in self.wm_kwargs["mlp_keys"]})
                 with fabric.autocast():
-                    jepa, jepa_metrics = compiled(jepa_loss, fabric, cfg)(
+                    jepa, jepa_metrics = self.parts.jepa_loss(
                         self.world_model.encoder,
                         self.heads,
                         obs,
@@ -185,7 +193,7 @@ class Learner:
         """One gradient step of DreamerV3-JEPA: target critic, world model (+ JEPA), then actor and critic; the step's
         metrics go to `metrics` when given."""
         if measure_ratio and self.graphed is not None:
-            raise ValueError("the graph route (algo.compile_graph) does not measure the encoder-gradient ratio")
+            raise ValueError("a captured step (graph or fused route) does not measure the encoder-gradient ratio")
         with self._step_scope():
             self._update_target_critic()
             if self.graphed is None:
@@ -208,10 +216,10 @@ class Learner:
         behaviour = behaviour_learning(
             self.fabric,
             self.cfg,
-            self.stepped_model,
-            self.actor,
-            self.critic,
-            self.target_critic,
+            self.parts.world_model,
+            self.parts.actor,
+            self.parts.critic,
+            self.parts.target_critic,
             self.actor_optimizer,
             self.critic_optimizer,
             moments,

@@ -1,9 +1,16 @@
 """Named sets of config keys and overrides that callers of the algorithm use without loading it (no torch here): the
 compiled routes' keys, a model small enough for a CPU, and the outputs of a run under one folder."""
 
-# The compiled routes of a gradient step and the key that turns each on (all off: the plain step). `steps` and `graph`
-# are ours (`jepa_dreamer/compiled.py`, `jepa_dreamer/graphed.py`), `losses` SheepRL's `algo.compile`
-COMPILE_KEYS = {"steps": "algo.compile_steps", "losses": "algo.compile.enabled", "graph": "algo.compile_graph"}
+# The compiled routes of a gradient step and the key that turns each on (all off: the plain step). `steps`, `graph`
+# and `fused` are ours (`jepa_dreamer/compiled.py`, `graphed.py`, `fused.py`), `losses` SheepRL's `algo.compile`
+COMPILE_KEYS = {
+    "steps": "algo.compile_steps",
+    "losses": "algo.compile.enabled",
+    "graph": "algo.compile_graph",
+    "fused": "algo.compile_fused",
+}
+# The routes whose whole step is captured as a CUDA graph after eager warm-up steps (`jepa_dreamer/graphed.py`)
+CAPTURED_ROUTES = ("graph", "fused")
 
 # A model small enough for end-to-end runs on a CPU
 TINY_MODEL_OVERRIDES: tuple[str, ...] = (

@@ -99,6 +99,8 @@ def test_compiled_step_is_ours_on_a_gpu_off_on_the_cpu_and_each_route_sets_its_o
     assert "algo.compile.enabled=True" in losses and "algo.compile_steps=False" in losses
     graph = trial_overrides(settings_for(tmp_path, "--compile", "graph"), {}, 0, tmp_path)
     assert "algo.compile_graph=True" in graph and "algo.compile_steps=False" in graph
+    fused = trial_overrides(settings_for(tmp_path, "--compile", "fused"), {}, 0, tmp_path)
+    assert "algo.compile_fused=True" in fused and "algo.compile_graph=False" in fused
 
 
 def test_phase2_command_keeps_the_compiled_route_the_trials_trained_with(tmp_path):
