@@ -18,6 +18,7 @@ import optuna
 
 from jepa_search.objective import STORAGE_ENV
 from jepa_search.progress import printer
+from jepa_search.record import live_trial
 from jepa_search.study import make_pruner
 from jepa_search.trial import TrialSpec, run_trial
 
@@ -33,7 +34,7 @@ def main() -> int:
         study_name=spec.study_name, storage=os.environ.get(STORAGE_ENV, spec.storage), pruner=pruner
     )
     try:
-        run_trial(spec, optuna.trial.Trial(study, spec.trial_id), printer())
+        run_trial(spec, live_trial(study, spec.number), printer())
     except Exception:
         return 1
     return 0

@@ -10,18 +10,17 @@ smoothed evaluation return. Its statistics are rebuilt from that study by the re
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from jepa_search.confirm_results import CONTROL_LABEL, RUN_ATTR, is_run, run_key
+from jepa_search.confirm_results import CONTROL_LABEL
 from jepa_search.driver import START, STOP, Decision, run_trials, waiting_for
 from jepa_search.objective import Objective, make_spec, not_trained
-from jepa_search.results import run_dir_name
+from jepa_search.record import ConfirmRun, confirm_run, enqueue_run, records
 from jepa_search.seeds import confirmation_seeds
 from jepa_search.settings import SearchSettings
-from jepa_search.space import CONTROL_PARAMS, is_control
+from jepa_search.space import CONTROL_PARAMS
 from jepa_search.study import ranked_complete
 
 
@@ -30,24 +29,27 @@ class NothingToRun(RuntimeError):
     queued twice by two workers starting together and the other one has it."""
 
 
-def planned_runs(study: optuna.Study, settings: SearchSettings) -> list[dict[str, Any]]:
+def planned_runs(study: optuna.Study, settings: SearchSettings) -> list[ConfirmRun]:
     """The top `confirm_top_k` complete configurations of the search now, and the control, on `confirm_seeds` seeds."""
     top = ranked_complete(study)[: settings.confirm_top_k]
-    configs = [(f"trial {t.number}", t.number, dict(t.params)) for t in top]
+    configs = [(f"trial {r.number}", r.number, r.params) for r in top]
     if settings.control:
-        control = next((t.number for t in study.get_trials(deepcopy=False) if is_control(t)), None)
+        control = next((r.number for r in records(study) if r.control), None)
         configs.append((CONTROL_LABEL, control, dict(CONTROL_PARAMS)))
     seeds = confirmation_seeds(settings.seed0, settings.confirm_seeds)
-    return [{"label": label, "source_trial": n, "params": p, "seed": s} for label, n, p in configs for s in seeds]
+    return [ConfirmRun(label, n, dict(p), s) for label, n, p in configs for s in seeds]
 
 
-def enqueue_missing(confirm: optuna.Study, plan: list[dict[str, Any]]) -> int:
+def _run_keys(confirm: optuna.Study, states: tuple[TrialState, ...]) -> set[tuple[str, int]]:
+    return {r.run.key() for r in records(confirm, states) if r.is_run and r.run is not None}
+
+
+def enqueue_missing(confirm: optuna.Study, plan: list[ConfirmRun]) -> int:
     """Queue the planned runs that no trial has done, is doing or waits for; returns how many were queued."""
-    alive = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING)
-    have = {run_key(t.user_attrs[RUN_ATTR]) for t in confirm.get_trials(deepcopy=False, states=alive) if is_run(t)}
-    missing = [r for r in plan if run_key(r) not in have]
+    have = _run_keys(confirm, (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING))
+    missing = [r for r in plan if r.key() not in have]
     for r in missing:
-        confirm.enqueue_trial({}, user_attrs={RUN_ATTR: r})
+        enqueue_run(confirm, r)
     return len(missing)
 
 
@@ -55,15 +57,13 @@ class ConfirmObjective(Objective):
     """One confirmation run: the queued configuration and seed, at `confirm_steps`, never pruned; its return."""
 
     def score(self, trial: optuna.Trial) -> float:
-        self.claim(trial, run_dir_name(trial.number))
-        run_ = trial.user_attrs.get(RUN_ATTR)
+        self.claim(trial)
+        run_ = confirm_run(trial)
         twin = run_ and next(
             (
-                t.number
-                for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
-                if t.number < trial.number
-                and RUN_ATTR in t.user_attrs
-                and run_key(t.user_attrs[RUN_ATTR]) == run_key(run_)
+                r.number
+                for r in records(trial.study, (TrialState.COMPLETE, TrialState.RUNNING))
+                if r.number < trial.number and r.run is not None and r.run.key() == run_.key()
             ),
             None,
         )
@@ -72,8 +72,8 @@ class ConfirmObjective(Objective):
             not_trained(trial, reason)
             raise reason
         s = self.settings
-        spec = make_spec(s, trial, run_["params"], run_["seed"], run_dir_name, s.confirm_steps, prunable=False)
-        started = f"confirmation run {trial.number} started: {run_['label']} {run_['params']} seed {run_['seed']}"
+        spec = make_spec(s, self.lineage, trial, run_.params, run_.seed, s.confirm_steps, prunable=False)
+        started = f"confirmation run {trial.number} started: {run_.label} {run_.params} seed {run_.seed}"
         return float(self.train(trial, spec, started).objective)
 
 
@@ -103,6 +103,5 @@ def run_confirmation(
         after()
 
     run_trials(confirm, objective, settings, _next_run, after_run, objective.progress)
-    complete = confirm.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    done = {run_key(t.user_attrs[RUN_ATTR]) for t in complete if is_run(t)}
-    return 0 if all(run_key(r) in done for r in plan) else 1
+    done = _run_keys(confirm, (TrialState.COMPLETE,))
+    return 0 if all(r.key() in done for r in plan) else 1

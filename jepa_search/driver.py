@@ -19,12 +19,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import optuna
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial
 
 from jepa_search.objective import Objective
 from jepa_search.progress import Progress
+from jepa_search.record import TrialRecord
 from jepa_search.settings import SearchSettings
-from jepa_search.study import NOT_TRAINED_ATTR, WORKER_ATTR, fail_lost_trials, retry_callback
+from jepa_search.study import fail_lost_trials
 
 # How often a waiting loop looks at the study again, and how often it says what it waits for
 POLL_S = 2.0
@@ -47,8 +48,8 @@ def waiting_for(running: list[FrozenTrial]) -> str:
     """Which trials a loop waits for, and where they run."""
     where = []
     for t in running:
-        worker = t.user_attrs.get(WORKER_ATTR) or {}
-        where.append(f"{t.number} ({worker.get('host', '?')}:{worker.get('pid', '?')})")
+        claim = TrialRecord.of(t).claim
+        where.append(f"{t.number} ({claim.worker.host}:{claim.worker.pid})" if claim else f"{t.number} (?:?)")
     return f"waiting for {len(running)} trial(s) that other slots or workers run: {', '.join(where)}"
 
 
@@ -66,20 +67,19 @@ def run_trials(
     An interrupt (KeyboardInterrupt in this thread) cancels the trials of every slot, waits for them to end, and is
     raised again; so is any error of a slot outside its trials (they are caught by Optuna and fail the trial only).
     """
-    retry = retry_callback(settings)
+    lineage = objective.lineage
     # Deciding to start a trial and creating it in the storage go together, so that slots count each other's
     starting, finishing = threading.Lock(), threading.Lock()
 
     def finished(study: optuna.Study, trial: FrozenTrial) -> None:
         with finishing:
-            if trial.state == TrialState.FAIL and not trial.user_attrs.get(NOT_TRAINED_ATTR):
-                retry(study, trial)
+            lineage.finished(study, trial)
             on_finished(study, trial)
 
     def slot() -> None:
         noted = -float("inf")
         while not objective.cancel.is_set():
-            fail_lost_trials(study)
+            fail_lost_trials(study, lineage)
             starting.acquire()
             holding = True
 
@@ -112,9 +112,7 @@ def run_trials(
             _run_slots(slot, settings.trials_per_process, objective.cancel)
     finally:
         # The trials an interrupt or an error stopped (Optuna failed them): queued again with the same parameters
-        for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
-            if trial.number in objective.running:
-                retry(study, trial)
+        lineage.requeue(study, objective.running)
         objective.running.clear()
 
 

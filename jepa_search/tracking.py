@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from optuna.trial import TrialState
+
 from jepa_search.results import HistoryRow, TrialResult
 
 # What the run's summary keeps of the trial's result
@@ -58,4 +60,4 @@ class WandbTrial:
 
     def finish(self, result: TrialResult) -> None:
         self.run.summary.update({k: getattr(result, k) for k in SUMMARY})
-        self.run.finish(exit_code=1 if result.state == "FAIL" else 0)
+        self.run.finish(exit_code=1 if result.state == TrialState.FAIL else 0)

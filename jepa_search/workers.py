@@ -28,6 +28,7 @@ import optuna
 from optuna.trial import TrialState
 
 from jepa_search.host import WorkerId
+from jepa_search.lineage import Lineage
 from jepa_search.progress import WORKER_ENV, Progress
 from jepa_search.sampler import untried_keys
 from jepa_search.settings import SearchSettings
@@ -119,6 +120,7 @@ class _Supervisor:
     def __init__(self, study: optuna.Study, settings: SearchSettings, argv: Sequence[str], progress: Progress):
         self.study, self.settings, self.progress = study, settings, progress
         self.slots = worker_commands(argv, settings)
+        self.lineage = Lineage(settings.output_dir, settings.max_retries)
         self.procs: dict[str, subprocess.Popen] = {}
         self.codes: list[int] = []
         self.stopping = False
@@ -154,7 +156,7 @@ class _Supervisor:
         while True:
             self.reap()
             # The trials of a worker that died are queued again: work for a slot of ours
-            fail_lost_trials(self.study)
+            fail_lost_trials(self.study, self.lineage)
             others = live_workers(self.settings)
             # A worker returns once the study is done (or failed too often, or was interrupted): then no new starts
             if not self.codes and not self.stopping:
