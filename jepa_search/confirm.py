@@ -9,15 +9,17 @@ smoothed evaluation return. Its statistics are rebuilt from that study by the re
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from jepa_search.confirm_results import CONTROL_LABEL
-from jepa_search.driver import START, STOP, Decision, run_trials, waiting_for
+from jepa_search.driver import run_trials
 from jepa_search.objective import Objective, make_spec, not_trained
 from jepa_search.record import ConfirmRun, confirm_run, enqueue_run, records
+from jepa_search.schedule import confirmation_decision
 from jepa_search.seeds import confirmation_seeds
 from jepa_search.settings import SearchSettings
 from jepa_search.space import CONTROL_PARAMS
@@ -56,7 +58,7 @@ def enqueue_missing(confirm: optuna.Study, plan: list[ConfirmRun]) -> int:
 class ConfirmObjective(Objective):
     """One confirmation run: the queued configuration and seed, at `confirm_steps`, never pruned; its return."""
 
-    def score(self, trial: optuna.Trial) -> float:
+    def __call__(self, trial: optuna.Trial, cancel: threading.Event | None = None) -> float:
         self.claim(trial)
         run_ = confirm_run(trial)
         twin = run_ and next(
@@ -74,15 +76,7 @@ class ConfirmObjective(Objective):
         s = self.settings
         spec = make_spec(s, self.lineage, trial, run_.params, run_.seed, s.confirm_steps, prunable=False)
         started = f"confirmation run {trial.number} started: {run_.label} {run_.params} seed {run_.seed}"
-        return float(self.train(trial, spec, started).objective)
-
-
-def _next_run(confirm: optuna.Study) -> Decision:
-    """A queued run to train; else wait for the runs other workers train; else stop."""
-    if confirm.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-        return START
-    running = confirm.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-    return Decision("wait", waiting_for(running)) if running else STOP
+        return float(self.train(trial, spec, started, cancel).objective)
 
 
 def run_confirmation(
@@ -102,6 +96,6 @@ def run_confirmation(
         objective.progress(f"confirmation run {trial.number} {trial.state.name.lower()}")
         after()
 
-    run_trials(confirm, objective, settings, _next_run, after_run, objective.progress)
+    run_trials(confirm, objective, settings, confirmation_decision, after_run, objective.progress)
     done = _run_keys(confirm, (TrialState.COMPLETE,))
     return 0 if all(r.key() in done for r in plan) else 1

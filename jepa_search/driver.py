@@ -6,68 +6,49 @@ environments, buffer, evaluator and CUDA stream, so that on a GPU their kernels 
 processes take turns). Optuna's semantics are a single worker's in each slot: a trial asks, reports, is pruned,
 completes or fails on its own, and its slot takes the next one at once.
 
-Before each decision, trials whose worker is gone are failed and queued again (`study.fail_lost_trials`); a trial
-that fails is queued again with the same parameters (up to --max-retries), unless it ended before training. While
-the trials left run in other slots or workers, the loop waits for them (and takes over any whose worker dies).
+Before each decision (`schedule`), trials whose worker is gone are failed and queued again
+(`study.fail_lost_trials`); a trial that fails is queued again with the same parameters (`lineage`). While the
+trials left run in other slots or workers, the loop waits for them (and takes over any whose worker dies).
 """
 
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import optuna
 from optuna.trial import FrozenTrial
 
 from jepa_search.objective import Objective
 from jepa_search.progress import Progress
-from jepa_search.record import TrialRecord
+from jepa_search.schedule import Action, Decision, Waiter
 from jepa_search.settings import SearchSettings
 from jepa_search.study import fail_lost_trials
 
-# How often a waiting loop looks at the study again, and how often it says what it waits for
+# How often a waiting slot looks at the study again
 POLL_S = 2.0
-WAIT_NOTE_S = 60.0
-
-
-@dataclass(frozen=True)
-class Decision:
-    """What the loop does next: train a trial (`start`), wait for the trials of other slots or workers (`wait`,
-    saying `why`), or stop."""
-
-    action: str
-    why: str = ""
-
-
-START, STOP = Decision("start"), Decision("stop")
-
-
-def waiting_for(running: list[FrozenTrial]) -> str:
-    """Which trials a loop waits for, and where they run."""
-    where = []
-    for t in running:
-        claim = TrialRecord.of(t).claim
-        where.append(f"{t.number} ({claim.worker.host}:{claim.worker.pid})" if claim else f"{t.number} (?:?)")
-    return f"waiting for {len(running)} trial(s) that other slots or workers run: {', '.join(where)}"
 
 
 def run_trials(
     study: optuna.Study,
     objective: Objective,
     settings: SearchSettings,
-    decide: Callable[[optuna.Study], Decision],
+    decide: Callable[[list[FrozenTrial]], Decision],
     on_finished: Callable[[optuna.Study, FrozenTrial], None],
     progress: Progress,
 ) -> None:
-    """Train trials of `study` with `objective` while `decide` says so, `settings.trials_per_process` at once (each
-    in a thread of its own: a slot); `on_finished` after each, one at a time.
+    """Train trials of `study` with `objective` while `decide` (a rule of `schedule`, on the study's trials) says
+    so, `settings.trials_per_process` at once (each in a thread of its own: a slot); `on_finished` after each, one
+    at a time.
 
     An interrupt (KeyboardInterrupt in this thread) cancels the trials of every slot, waits for them to end, and is
     raised again; so is any error of a slot outside its trials (they are caught by Optuna and fail the trial only).
+    The trials they stopped are queued again.
     """
     lineage = objective.lineage
+    # The trials this process has started and not finished, and the event that stops their training
+    running: set[int] = set()
+    cancel = threading.Event()
     # Deciding to start a trial and creating it in the storage go together, so that slots count each other's
     starting, finishing = threading.Lock(), threading.Lock()
 
@@ -76,9 +57,21 @@ def run_trials(
             lineage.finished(study, trial)
             on_finished(study, trial)
 
+    def train(trial: optuna.Trial) -> float | tuple[float, ...]:
+        running.add(trial.number)
+        try:
+            value = objective(trial, cancel)
+        except KeyboardInterrupt:
+            raise  # the trial stays in `running`: it is queued again below
+        except BaseException:
+            running.discard(trial.number)
+            raise
+        running.discard(trial.number)
+        return value
+
     def slot() -> None:
-        noted = -float("inf")
-        while not objective.cancel.is_set():
+        waiter = Waiter(progress, POLL_S, cancel)
+        while not cancel.is_set():
             fail_lost_trials(study, lineage)
             starting.acquire()
             holding = True
@@ -87,33 +80,30 @@ def run_trials(
                 nonlocal holding
                 holding = False
                 starting.release()
-                return objective(trial)
+                return train(trial)
 
             try:
-                decision = decide(study)
-                if decision.action == "start":
-                    noted = -float("inf")
+                decision = decide(study.get_trials(deepcopy=False))
+                if decision.action == Action.START:
+                    waiter.reset()
                     study.optimize(created, n_trials=1, catch=(Exception,), callbacks=[finished])
                     continue
             finally:
                 if holding:
                     starting.release()
-            if decision.action == "stop":
+            if decision.action == Action.STOP:
                 return
-            if time.monotonic() - noted >= WAIT_NOTE_S:
-                progress(decision.why)
-                noted = time.monotonic()
-            objective.cancel.wait(POLL_S)
+            waiter.wait(decision.why)
 
     try:
         if settings.trials_per_process == 1:
             slot()
         else:
-            _run_slots(slot, settings.trials_per_process, objective.cancel)
+            _run_slots(slot, settings.trials_per_process, cancel)
     finally:
         # The trials an interrupt or an error stopped (Optuna failed them): queued again with the same parameters
-        lineage.requeue(study, objective.running)
-        objective.running.clear()
+        lineage.requeue(study, running)
+        running.clear()
 
 
 def _run_slots(slot: Callable[[], None], count: int, cancel: threading.Event) -> None:

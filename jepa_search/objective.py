@@ -99,8 +99,8 @@ class Objective:
     """The search's objective: the best smoothed evaluation return of the trial (with wall time and peak memory when
     those are objectives too); raises `TrialPruned` when pruned.
 
-    Several trials may run at once, in threads of this process. `running` holds the numbers of those this process
-    has claimed and not finished, so that an interrupt can queue them again; setting `cancel` stops their training.
+    Several trials may run at once, in threads of this process (`driver.run_trials`, which passes the event that
+    stops their training).
     """
 
     def __init__(self, settings: SearchSettings, progress: Progress, trainer: Trainer = run) -> None:
@@ -108,21 +108,8 @@ class Objective:
         self.progress = progress
         self.trainer = trainer
         self.lineage = Lineage(settings.output_dir, settings.max_retries)
-        self.running: set[int] = set()
-        self.cancel = threading.Event()
 
-    def __call__(self, trial: optuna.Trial) -> float | tuple[float, ...]:
-        try:
-            value = self.score(trial)
-        except KeyboardInterrupt:
-            raise  # the trial stays in `running`: whoever handles the interrupt queues it again
-        except BaseException:
-            self.running.discard(trial.number)
-            raise
-        self.running.discard(trial.number)
-        return value
-
-    def score(self, trial: optuna.Trial) -> float | tuple[float, ...]:
+    def __call__(self, trial: optuna.Trial, cancel: threading.Event | None = None) -> float | tuple[float, ...]:
         settings = self.settings
         self.claim(trial)
         control = is_control(trial)
@@ -134,19 +121,18 @@ class Objective:
         seed = trial_seed(settings.seed0, root_number(_frozen(trial)))
         spec = make_spec(settings, self.lineage, trial, params, seed, settings.trial_steps, prunable=not control)
         label = "the control (plain DreamerV3)" if control else str(params)
-        result = self.train(trial, spec, f"trial {trial.number} started: {label} seed {seed}")
+        result = self.train(trial, spec, f"trial {trial.number} started: {label} seed {seed}", cancel)
         if result.state == TrialState.PRUNED:
             raise optuna.TrialPruned(f"pruned at evaluation {result.evaluations}")
         values = tuple(result.value(name) for name in settings.objectives)
         return values if settings.multi_objective else values[0]
 
     def claim(self, trial: optuna.Trial) -> None:
-        """The first thing a trial does: this process runs it, in its folder, so that an interrupt can queue it
-        again and a rerun after this process died fails it at once instead of waiting out its heartbeats."""
-        self.running.add(trial.number)
+        """The first thing a trial does: this process runs it, in its folder, so that a rerun after this process
+        died fails it at once instead of waiting out its heartbeats."""
         write(trial, claim=Claim(WorkerId.current(), folder_name(trial.study.study_name, trial.number)))
 
-    def train(self, trial: optuna.Trial, spec: TrialSpec, started: str) -> TrialResult:
+    def train(self, trial: optuna.Trial, spec: TrialSpec, started: str, cancel: threading.Event | None) -> TrialResult:
         """Run the spec (in this process or a child) and keep its summary in the trial's user attributes."""
         # Its Phase 2 run trains on the same compiled route
         write(trial, seed=spec.seed, compile=self.settings.compile, resumed_from=spec.resume_from)
@@ -155,7 +141,7 @@ class Objective:
             if self.settings.isolation == "subprocess":
                 result = run_in_subprocess(spec, self.settings.storage)
             else:
-                result = run_trial(spec, trial, self.progress, self.trainer, self.cancel)
+                result = run_trial(spec, trial, self.progress, self.trainer, cancel)
         except BaseException as e:
             write(trial, fail_reason=f"{type(e).__name__}: {e}"[:1000])
             raise

@@ -30,16 +30,15 @@ from optuna.trial import TrialState
 from jepa_search.host import WorkerId
 from jepa_search.lineage import Lineage
 from jepa_search.progress import WORKER_ENV, Progress
-from jepa_search.sampler import untried_keys
+from jepa_search.schedule import Action, Waiter, search_decision
 from jepa_search.settings import SearchSettings
 from jepa_search.study import FINISHED, fail_lost_trials
 
 SCRIPT = Path(__file__).resolve().parents[1] / "search_phase1.py"
 # A worker that holds no trial after this long (imports, environment checks) no longer delays the next one
 START_TIMEOUT_S = 300.0
-# How often the parent looks at its workers, and says what it waits for
+# How often the parent looks at its workers
 POLL_S = 1.0
-WAIT_NOTE_S = 60.0
 
 
 def worker_commands(argv: Sequence[str], settings: SearchSettings) -> dict[str, tuple[list[str], dict[str, str]]]:
@@ -105,12 +104,8 @@ def _claimed(study: optuna.Study) -> int:
 
 
 def _has_work(study: optuna.Study, settings: SearchSettings) -> bool:
-    """Whether a new worker would find a trial to train: one is queued, or a configuration is left untried, while
-    the study has fewer than `n_trials` finished (trials that run elsewhere are their workers')."""
-    trials = study.get_trials(deepcopy=False)
-    if sum(t.state in FINISHED for t in trials) >= settings.n_trials:
-        return False
-    return any(t.state == TrialState.WAITING for t in trials) or bool(untried_keys(trials, settings.space))
+    """Whether a new worker would start a trial: the rule every worker follows (`schedule.search_decision`)."""
+    return search_decision(study.get_trials(deepcopy=False), settings).action == Action.START
 
 
 class _Supervisor:
@@ -124,6 +119,7 @@ class _Supervisor:
         self.procs: dict[str, subprocess.Popen] = {}
         self.codes: list[int] = []
         self.stopping = False
+        self.waiter = Waiter(progress, POLL_S)
 
     def forward(self, signum: int, frame: object) -> None:
         self.stopping = True
@@ -149,10 +145,9 @@ class _Supervisor:
         while proc.poll() is None and _claimed(self.study) <= before and not self.stopping:
             if time.monotonic() - started > START_TIMEOUT_S or before >= self.settings.n_trials:
                 break
-            time.sleep(0.5)
+            self.waiter.pause()
 
     def run(self) -> int:
-        noted = -float("inf")
         while True:
             self.reap()
             # The trials of a worker that died are queued again: work for a slot of ours
@@ -168,11 +163,11 @@ class _Supervisor:
             others = {name: w for name, w in live_workers(self.settings).items() if name not in self.procs}
             if not self.procs and not others:
                 break
-            if others and time.monotonic() - noted >= WAIT_NOTE_S:
+            if others:
                 held = ", ".join(f"{name} (pid {w.pid})" for name, w in sorted(others.items()))
-                self.progress(f"waiting for the workers of an earlier run, which still train: {held}")
-                noted = time.monotonic()
-            time.sleep(POLL_S)
+                self.waiter.wait(f"waiting for the workers of an earlier run, which still train: {held}")
+            else:
+                self.waiter.pause()
         # 130/143 (interrupted) outrank 1 (too many failures), which outranks 0
         return max(self.codes or [0], key=lambda c: (c in (130, 143), c != 0))
 
