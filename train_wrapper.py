@@ -16,9 +16,9 @@ from pathlib import Path
 
 import optuna
 
-from jepa_search.objective import STORAGE_ENV
 from jepa_search.progress import printer
 from jepa_search.record import live_trial
+from jepa_search.settings import STORAGE_ENV
 from jepa_search.study import make_pruner
 from jepa_search.trial import TrialSpec, run_trial
 

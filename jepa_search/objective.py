@@ -23,14 +23,11 @@ from jepa_search.record import Claim, is_control, write
 from jepa_search.results import TrialResult, folder_name
 from jepa_search.sampler import SpaceExhausted
 from jepa_search.seeds import trial_seed
-from jepa_search.settings import SearchSettings, mask_password
+from jepa_search.settings import STORAGE_ENV, SearchSettings, mask_password
 from jepa_search.space import CONTROL_PARAMS, suggest
 from jepa_search.trial import Trainer, TrialSpec, run_trial
 
 WRAPPER = Path(__file__).resolve().parents[1] / "train_wrapper.py"
-# The child process of --isolation subprocess reads the storage URL from here: it may hold a password, which the
-# spec file on disk must not
-STORAGE_ENV = "JEPA_SEARCH_STORAGE"
 
 
 def _frozen(trial: optuna.Trial) -> optuna.trial.FrozenTrial:

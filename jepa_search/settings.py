@@ -117,6 +117,24 @@ class SearchSettings(StudyConfig):
         """Evaluations per confirmation run (at `confirm_steps`)."""
         return math.ceil(self.confirm_steps / self.eval_every)
 
+    def to_spec(self) -> dict[str, Any]:
+        """The settings as JSON, whole but for the storage URL, which may hold a password (a worker takes it from
+        `STORAGE_ENV`): what a worker process is started from (`from_spec`)."""
+        d = self.fingerprint()
+        d.update({f.name: getattr(self, f.name) for f in fields(SearchSettings) if f.name not in d})
+        d.update(output_dir=str(self.output_dir), gpus=list(self.gpus))
+        for name in ("storage", "warnings"):
+            d.pop(name)
+        return d
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any], storage: str) -> SearchSettings:
+        study = StudyConfig.from_fingerprint(spec)
+        values = {f.name: getattr(study, f.name) for f in fields(StudyConfig)}
+        values.update({f.name: spec[f.name] for f in fields(SearchSettings) if f.name in spec and f.name not in values})
+        values.update(output_dir=Path(spec["output_dir"]), gpus=tuple(spec["gpus"]), storage=storage)
+        return cls(**values)
+
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d.update(
@@ -129,6 +147,11 @@ class SearchSettings(StudyConfig):
         )
         d.pop("warnings")
         return d
+
+
+# Where a child process (a worker, a trial of --isolation subprocess) finds the storage URL: it may hold a password,
+# which files on disk must not
+STORAGE_ENV = "JEPA_SEARCH_STORAGE"
 
 
 def default_storage(output_dir: Path) -> str:
