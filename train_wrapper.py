@@ -29,7 +29,7 @@ def main() -> int:
     parser.add_argument("--out", required=True, help="the trial folder (results.json, history.csv, training.log)")
     args = parser.parse_args()
     spec = dataclasses.replace(TrialSpec.load(Path(args.trial_config)), trial_dir=args.out)
-    pruner = make_pruner(spec.settings["pruner"], spec.grace_evaluations, spec.n_evaluations)
+    pruner = make_pruner(spec.pruner, spec.grace_evaluations, spec.n_evaluations)
     study = optuna.load_study(
         study_name=spec.study_name, storage=os.environ.get(STORAGE_ENV, spec.storage), pruner=pruner
     )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 import subprocess
 import sys
@@ -23,7 +22,7 @@ from jepa_search.record import Claim, is_control, write
 from jepa_search.results import TrialResult, folder_name
 from jepa_search.sampler import SpaceExhausted
 from jepa_search.seeds import trial_seed
-from jepa_search.settings import STORAGE_ENV, SearchSettings, mask_password
+from jepa_search.settings import STORAGE_ENV, SearchSettings, evaluations, mask_password
 from jepa_search.space import CONTROL_PARAMS, suggest
 from jepa_search.trial import Trainer, TrialSpec, run_trial
 
@@ -59,10 +58,13 @@ def make_spec(
         overrides=overrides,
         trial_dir=str(folder),
         grace_evaluations=settings.grace_evaluations,
-        n_evaluations=math.ceil(steps / settings.eval_every),
+        n_evaluations=evaluations(steps, settings.eval_every),
         study_name=trial.study.study_name,
         storage=mask_password(settings.storage),
+        pruner=settings.pruner,
         exp=EXPERIMENTS[settings.env],
+        wandb_project=settings.wandb_project,
+        shares_process=settings.trials_per_process > 1,
         settings=settings.as_dict(),
         resume_from=str(checkpoint) if checkpoint is not None else None,
         resume_note=resume.note(),

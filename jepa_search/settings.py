@@ -13,6 +13,12 @@ from jepa_search.results import OBJECTIVES
 from jepa_search.space import SearchSpace, parse_space
 
 
+def evaluations(steps: int, eval_every: int) -> int:
+    """Evaluations of a run of `steps`: every `eval_every` steps, and one at the end when the budget is not a
+    multiple."""
+    return math.ceil(steps / eval_every)
+
+
 @dataclass(frozen=True, kw_only=True)
 class StudyConfig:
     """The settings that define a study: a resume with other values would mix incomparable trials."""
@@ -40,8 +46,8 @@ class StudyConfig:
 
     @property
     def n_evaluations(self) -> int:
-        """Evaluations per trial: every `eval_every` steps, and one at the end when the budget is not a multiple."""
-        return math.ceil(self.trial_steps / self.eval_every)
+        """Evaluations per trial."""
+        return evaluations(self.trial_steps, self.eval_every)
 
     @property
     def grace_evaluations(self) -> int:
@@ -111,11 +117,6 @@ class SearchSettings(StudyConfig):
     def n_workers(self) -> int:
         """Worker processes: `processes_per_device` on each GPU of `gpus`, or on the CPU when there are none."""
         return self.processes_per_device * max(1, len(self.gpus))
-
-    @property
-    def confirm_evaluations(self) -> int:
-        """Evaluations per confirmation run (at `confirm_steps`)."""
-        return math.ceil(self.confirm_steps / self.eval_every)
 
     def to_spec(self) -> dict[str, Any]:
         """The settings as JSON, whole but for the storage URL, which may hold a password (a worker takes it from

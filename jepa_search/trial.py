@@ -56,7 +56,14 @@ class TrialSpec:
     n_evaluations: int
     study_name: str
     storage: str
+    # The pruner of the study (`study.make_pruner`), which `train_wrapper.py` loads the study with
+    pruner: str
     exp: str = "dreamer_v3_jepa"
+    # Log the trial to this W&B project
+    wandb_project: str | None = None
+    # Other trials train in the same process (their peak memory is the process's)
+    shares_process: bool = False
+    # The search's settings as results.json and W&B record them (`SearchSettings.as_dict`), never read here
     settings: dict[str, Any] = field(default_factory=dict)
     # The checkpoint of an earlier try of this configuration that this one continues from
     resume_from: str | None = None
@@ -197,14 +204,14 @@ def run_trial(
             action_repeat = int(cfg.env.action_repeat)
             device = trial_device(cfg.fabric.accelerator)
             # Trials side by side in one process share its peak: it is the process's then
-            if device == "cuda" and spec.settings.get("trials_per_process", 1) == 1:
+            if device == "cuda" and not spec.shares_process:
                 import torch
 
                 torch.cuda.reset_peak_memory_stats()
-            if spec.settings.get("wandb_project"):
+            if spec.wandb_project:
                 config = {"params": spec.params, "fixed": spec.fixed, "seed": spec.seed, "settings": spec.settings}
                 tracker = WandbTrial(
-                    spec.settings["wandb_project"], spec.study_name, f"trial_{spec.number}", spec.trial_dir, config
+                    spec.wandb_project, spec.study_name, f"trial_{spec.number}", spec.trial_dir, config
                 )
             hook = PruningHook(trial, spec, action_repeat, progress, tracker)
             if spec.resume_note:
