@@ -334,7 +334,7 @@ def test_real_confirmation_two_at_a_time_after_a_search_whose_failing_trial_fail
     runs = pd.read_csv(out / "confirm.csv")  # 2 configurations x 2 seeds
     assert len(runs) == 4 and set(runs["state"]) == {"COMPLETE"}
     assert set(runs["configuration"]) == {"control", f"trial {jepa.number}"}
-    assert set(runs["seed"]) == {3 + 1_000_000, 3 + 1_000_001}  # disjoint from the search's seeds (3, 4)
+    assert set(runs["seed"]) == {3 + 2_000_000, 3 + 2_000_001}  # past the search's training and evaluation seeds
     for run_ in runs.to_dict("records"):
         folder = out / run_["run_dir"]
         results = json.loads((folder / "results.json").read_text())
