@@ -1,4 +1,5 @@
-"""Retries and resumption: the tries of one configuration, in the spirit of Optuna's `RetryFailedTrialCallback`.
+"""Retries and resumption: the tries of one configuration, each in a folder of its own, in the spirit of Optuna's
+`RetryFailedTrialCallback`.
 
 A try that fails (a crash, a lost worker, an interrupt) is queued again with the same parameters, up to
 `--max-retries` times, unless it ended before training; its retry is a new trial whose retry history
@@ -20,8 +21,10 @@ from optuna.trial import FrozenTrial, TrialState
 
 from jepa_dreamer.checkpoint import STAGING, checkpoint_step, unreadable
 from jepa_search.record import TrialRecord
-from jepa_search.results import HistoryRow, TrialResult, folder_name, read_history
+from jepa_search.results import HistoryRow, TrialResult, read_history
 
+# The confirmation runs live in a study of their own beside the search's, named after it
+CONFIRM_SUFFIX = "-confirm"
 # What a finished configuration's tries keep no longer
 _TRAINING_STATE = ("memmap_buffer", "checkpoint", "checkpoint_buffers", STAGING)
 
@@ -74,9 +77,15 @@ class Lineage:
         self.output_dir = output_dir
         self.retry = RetryHeartbeatStaleTrialCallback(max_retry=max_retries)
 
+    @staticmethod
+    def folder_name(study: optuna.Study, number: int) -> str:
+        """The folder of the study's trial `number`, relative to the output folder: a search trial's, or a
+        confirmation run's."""
+        return f"confirm/run_{number}" if study.study_name.endswith(CONFIRM_SUFFIX) else f"trial_{number}"
+
     def folder(self, study: optuna.Study, number: int) -> Path:
-        """A try's folder: that of the study's trial `number`."""
-        return self.output_dir / folder_name(study.study_name, number)
+        """A try's folder."""
+        return self.output_dir / self.folder_name(study, number)
 
     def earlier_tries(self, study: optuna.Study, trial: FrozenTrial) -> list[Path]:
         """The folders of the earlier tries of the trial's configuration, oldest first."""

@@ -19,7 +19,7 @@ from jepa_search.lineage import Lineage, root_number
 from jepa_search.overrides import trial_overrides
 from jepa_search.progress import Progress
 from jepa_search.record import Claim, is_control, write
-from jepa_search.results import TrialResult, folder_name
+from jepa_search.results import TrialResult
 from jepa_search.sampler import SpaceExhausted
 from jepa_search.seeds import trial_seed
 from jepa_search.settings import STORAGE_ENV, SearchSettings, evaluations, mask_password
@@ -129,7 +129,7 @@ class Objective:
     def claim(self, trial: optuna.Trial) -> None:
         """The first thing a trial does: this process runs it, in its folder, so that a rerun after this process
         died fails it at once instead of waiting out its heartbeats."""
-        write(trial, claim=Claim(WorkerId.current(), folder_name(trial.study.study_name, trial.number)))
+        write(trial, claim=Claim(WorkerId.current(), self.lineage.folder_name(trial.study, trial.number)))
 
     def train(self, trial: optuna.Trial, spec: TrialSpec, started: str, cancel: threading.Event | None) -> TrialResult:
         """Run the spec (in this process or a child) and keep its summary in the trial's user attributes."""

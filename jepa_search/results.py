@@ -35,15 +35,6 @@ OBJECTIVES: dict[str, ObjectiveDef] = {
 }
 
 
-# The confirmation runs live in a study of their own beside the search's, named after it
-CONFIRM_SUFFIX = "-confirm"
-
-
-def folder_name(study_name: str, number: int) -> str:
-    """The folder of trial `number` of a study, in the output folder: a search trial's, or a confirmation run's."""
-    return f"confirm/run_{number}" if study_name.endswith(CONFIRM_SUFFIX) else f"trial_{number}"
-
-
 def smoothed(returns: list[float], window: int = SMOOTHING_WINDOW) -> float:
     """Mean of the last min(window, k) evaluation returns."""
     tail = returns[-window:]

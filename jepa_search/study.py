@@ -20,7 +20,7 @@ from sqlalchemy import create_engine, event, inspect
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
-from jepa_search.lineage import Lineage
+from jepa_search.lineage import CONFIRM_SUFFIX, Lineage
 from jepa_search.record import (
     TrialRecord,
     enqueue_control,
@@ -32,7 +32,7 @@ from jepa_search.record import (
     stored_confirm_steps,
     stored_settings,
 )
-from jepa_search.results import CONFIRM_SUFFIX, OBJECTIVES
+from jepa_search.results import OBJECTIVES
 from jepa_search.sampler import DistinctSampler
 from jepa_search.settings import SearchSettings, mask_password
 from jepa_search.storage import PatientStorage, pool_sizes
