@@ -1,4 +1,4 @@
-"""One trial: the evaluation hook that reports to Optuna, the training run, and the trial's files.
+"""One trial: the evaluation hook that reports to Optuna, the training run, the trial's files and its W&B run.
 
 The same `run_trial` serves the in-process objective and `train_wrapper.py` (a child process that reaches the
 trial through the shared storage), so both paths write the same `results.json`, `history.csv` and `training.log`.
@@ -31,7 +31,6 @@ from jepa_search.lineage import replayed_rows
 from jepa_search.progress import Progress, time_left
 from jepa_search.record import write
 from jepa_search.results import HistoryRow, TrialResult, append_history, smoothed, start_history
-from jepa_search.tracking import WandbTrial
 
 # What trains a trial: `jepa_dreamer.runner.run` (config, evaluation hook, logging sink, cancel event); tests pass a
 # scripted stand-in to make pruning deterministic
@@ -40,6 +39,59 @@ Trainer = Callable[[DictConfig, EvalHook, LogSink | None, threading.Event | None
 TRIAL_LOGGERS = ("jepa_dreamer", "py.warnings")
 
 log = logging.getLogger(__name__)
+
+# A trial's W&B run (`--wandb-project`): one run per trial, grouped by study. Set WANDB_MODE=offline to log without an
+# account (the runs are written under the trial folder, `wandb sync` uploads them later). Its config holds the
+# settings as the search stores them, so the storage URL's password is masked.
+# What the run's summary keeps of the trial's result
+SUMMARY = (
+    "state",
+    "objective",
+    "best_eval_return",
+    "best_smoothed_return",
+    "steps",
+    "frames",
+    "wall_time_s",
+    "fail_reason",
+)
+
+
+class WandbTrial:
+    """The W&B run of one trial: its training metrics and evaluation curve, then its final state in the summary."""
+
+    def __init__(self, project: str, group: str, name: str, folder: str, config: dict[str, Any]) -> None:
+        import wandb
+
+        self.run = wandb.init(
+            project=project,
+            group=group,
+            job_type="trial",
+            name=name,
+            dir=folder,
+            config=config,
+            reinit="create_new",
+            # The trial's lines already go to training.log
+            settings=wandb.Settings(console="off"),
+        )
+
+    def log_training(self, policy_step: int, values: dict[str, float]) -> None:
+        self.run.log(values, step=policy_step)
+
+    def log_evaluation(self, row: HistoryRow) -> None:
+        self.run.log(
+            {
+                "eval/return": row.eval_return,
+                "eval/smoothed_return": row.smoothed_return,
+                "eval/return_std": row.return_std,
+                "eval/episode_length": row.episode_length,
+                "eval/index": row.eval_index,
+            },
+            step=row.step,
+        )
+
+    def finish(self, result: TrialResult) -> None:
+        self.run.summary.update({k: getattr(result, k) for k in SUMMARY} | {"state": result.state.name})
+        self.run.finish(exit_code=1 if result.state == TrialState.FAIL else 0)
 
 
 @dataclass(frozen=True)
