@@ -16,10 +16,9 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from jepa_search.confirm_results import CONTROL_LABEL
-from jepa_search.driver import run_trials
 from jepa_search.objective import Objective, make_spec, not_trained
 from jepa_search.record import ConfirmRun, confirm_run, enqueue_run, records
-from jepa_search.schedule import confirmation_decision
+from jepa_search.schedule import confirmation_decision, run_trials
 from jepa_search.seeds import confirmation_seeds
 from jepa_search.settings import SearchSettings
 from jepa_search.space import CONTROL_PARAMS

@@ -98,7 +98,7 @@ class Objective:
     """The search's objective: the best smoothed evaluation return of the trial (with wall time and peak memory when
     those are objectives too); raises `TrialPruned` when pruned.
 
-    Several trials may run at once, in threads of this process (`driver.run_trials`, which passes the event that
+    Several trials may run at once, in threads of this process (`schedule.run_trials`, which passes the event that
     stops their training).
     """
 

@@ -13,11 +13,10 @@ from optuna.trial import FrozenTrial, TrialState
 
 from jepa_dreamer.runner import run
 from jepa_search.confirm import ConfirmObjective, run_confirmation
-from jepa_search.driver import run_trials
 from jepa_search.objective import Objective
 from jepa_search.progress import Progress, time_left
 from jepa_search.report import write_report
-from jepa_search.schedule import Decision, failed_too_often, search_decision
+from jepa_search.schedule import Decision, failed_too_often, run_trials, search_decision
 from jepa_search.settings import SearchSettings
 from jepa_search.study import FINISHED, open_confirm_study
 from jepa_search.trial import Trainer

@@ -2,7 +2,7 @@
 
 One DreamerV3 trial leaves most of a GPU idle (its step is bound by kernel launches, docs/PERFORMANCE.md), so the
 search runs `--trials-per-device` trials on each GPU, in workers of `--trials-per-process` trials each (those train
-side by side in threads, `driver.run_trials`). Each worker is `search_phase1.py --worker-spec <output-dir>/
+side by side in threads, `schedule.run_trials`). Each worker is `search_phase1.py --worker-spec <output-dir>/
 worker_spec.json`: the settings of one process's trials on one device (`CUDA_VISIBLE_DEVICES`), written here, the
 storage URL in its environment; they share the study through its storage, as workers started by hand on other
 machines do. Workers start one after the other, each once the previous one holds a trial, so that they do not all
