@@ -1,4 +1,5 @@
-"""The Optuna objective: sample a configuration, run the trial (in this process or a child), return its score."""
+"""The Optuna objectives: a search trial's (sample a configuration) and a confirmation run's (the queued configuration
+and seed); each runs the trial (in this process or a child) and returns its score."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from jepa_search.host import WorkerId
 from jepa_search.lineage import Lineage, root_number
 from jepa_search.overrides import trial_overrides
 from jepa_search.progress import Progress
-from jepa_search.record import Claim, is_control, write
+from jepa_search.record import Claim, confirm_run, is_control, records, write
 from jepa_search.results import TrialResult
 from jepa_search.sampler import SpaceExhausted
 from jepa_search.seeds import trial_seed
@@ -151,3 +152,32 @@ class Objective:
 def not_trained(trial: optuna.Trial, reason: Exception) -> None:
     """Mark a trial that ends before training (nothing left to run): failed, but never retried."""
     write(trial, fail_reason=f"{type(reason).__name__}: {reason}", not_trained=True)
+
+
+class NothingToRun(RuntimeError):
+    """A confirmation trial with no run of its own: another worker took the last queued one, or the same run was
+    queued twice by two workers starting together and the other one has it."""
+
+
+class ConfirmObjective(Objective):
+    """One confirmation run: the queued configuration and seed, at `confirm_steps`, never pruned; its return."""
+
+    def __call__(self, trial: optuna.Trial, cancel: threading.Event | None = None) -> float:
+        self.claim(trial)
+        run_ = confirm_run(trial)
+        twin = run_ and next(
+            (
+                r.number
+                for r in records(trial.study, (TrialState.COMPLETE, TrialState.RUNNING))
+                if r.number < trial.number and r.run is not None and r.run.key() == run_.key()
+            ),
+            None,
+        )
+        if run_ is None or twin is not None:
+            reason = NothingToRun("no queued run left" if run_ is None else f"the same run is run {twin}")
+            not_trained(trial, reason)
+            raise reason
+        s = self.settings
+        spec = make_spec(s, self.lineage, trial, run_.params, run_.seed, s.confirm_steps, prunable=False)
+        started = f"confirmation run {trial.number} started: {run_.label} {run_.params} seed {run_.seed}"
+        return float(self.train(trial, spec, started, cancel).objective)

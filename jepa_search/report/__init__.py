@@ -17,11 +17,10 @@ from pathlib import Path
 import optuna
 import pandas as pd
 
-from jepa_search.confirm_results import aggregate, confirmation_rows
 from jepa_search.record import stored_confirm_steps, stored_settings
 from jepa_search.report.plots import plots
 from jepa_search.report.summary import summary
-from jepa_search.report.tables import best_config, topk, trial_rows
+from jepa_search.report.tables import aggregate, best_config, confirmation_rows, topk, trial_rows
 from jepa_search.settings import StudyConfig
 from jepa_search.study import load_confirm_study
 

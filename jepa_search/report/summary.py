@@ -12,9 +12,8 @@ import pandas as pd
 from optuna.trial import TrialState
 
 from jepa_search import stats
-from jepa_search.confirm_results import ConfirmGroup, ConfirmRow
 from jepa_search.record import TrialRecord, records
-from jepa_search.report.tables import TopEntry
+from jepa_search.report.tables import ConfirmGroup, ConfirmRow, TopEntry
 from jepa_search.results import OBJECTIVES
 from jepa_search.settings import StudyConfig
 
