@@ -32,9 +32,9 @@ from jepa_dreamer.runner import run  # noqa: E402
 from jepa_search.cli import main  # noqa: E402
 from jepa_search.objective import Objective  # noqa: E402
 from jepa_search.progress import printer  # noqa: E402
+from jepa_search.record import TrialRecord, is_control  # noqa: E402
 from jepa_search.results import HISTORY_COLUMNS  # noqa: E402
 from jepa_search.search import run_search, run_stages  # noqa: E402
-from jepa_search.space import configuration, is_control  # noqa: E402
 from jepa_search.stats import probability_of_improvement  # noqa: E402
 from jepa_search.study import open_study  # noqa: E402
 from tests.helpers import SMALL, markdown_rows, scripted_trainer, settings_from_argv, tensorboard_scalars  # noqa: E402
@@ -105,7 +105,9 @@ def test_readme_quick_check_trains_four_trials_and_writes_every_file(seed_search
         assert tuple(history.columns) == HISTORY_COLUMNS
         assert list(history["step"]) == [512] and results["steps"] == 512
         assert results["state"] == t.state.name and results["seed"] == t.number  # --seed0 0
-        assert results["params"] == configuration(t) and results["frames"] == 512  # a dry run has no action repeat
+        assert (
+            results["params"] == TrialRecord.of(t).params and results["frames"] == 512
+        )  # a dry run has no action repeat
         assert results["best_eval_return"] == history["eval_return"].max() > 0
         assert results["versions"]["sheeprl"] == "0.8.4" and results["versions"]["git_commit"]
         if t.state == optuna.trial.TrialState.COMPLETE:
@@ -156,7 +158,7 @@ def test_wandb_offline_holds_one_run_per_trial_with_its_training_metrics_and_eva
         (run,) = [r.run for r in records if r.WhichOneof("record_type") == "run"]
         assert run.display_name == f"trial_{t.number}" and run.run_group == "jepa-phase1-dmc-walker_walk-dry-run"
         config = {_key(i): json.loads(i.value_json) for i in run.config.update}
-        assert config["params"] == configuration(t) and config["settings"]["study_name"] == run.run_group
+        assert config["params"] == TrialRecord.of(t).params and config["settings"]["study_name"] == run.run_group
         logged = [
             {_key(i): json.loads(i.value_json) for i in r.history.item}
             for r in records
@@ -331,7 +333,7 @@ def test_real_confirmation_two_at_a_time_after_a_search_whose_failing_trial_fail
     runs = pd.read_csv(out / "confirm.csv")  # 2 configurations x 2 seeds
     assert len(runs) == 4 and set(runs["state"]) == {"COMPLETE"}
     assert set(runs["configuration"]) == {"control", f"trial {jepa.number}"}
-    assert set(runs["seed"]) == {3 + 1_000_000, 3 + 1_000_001}  # disjoint from the search's seeds (3, 4)
+    assert set(runs["seed"]) == {3 + 2_000_000, 3 + 2_000_001}  # past the search's training and evaluation seeds
     for run_ in runs.to_dict("records"):
         folder = out / run_["run_dir"]
         results = json.loads((folder / "results.json").read_text())
@@ -427,7 +429,7 @@ def test_killed_at_any_moment_a_rerun_at_once_finishes_every_trial_exactly_once(
     assert len(set(roots)) == 2  # no configuration finished twice
     results = {t.number: json.loads((out / f"trial_{t.number}" / "results.json").read_text()) for t in trials}
     for t in trials:
-        assert results[t.number]["state"] == t.state.name and results[t.number]["params"] == configuration(t)
+        assert results[t.number]["state"] == t.state.name and results[t.number]["params"] == TrialRecord.of(t).params
     # Every try killed after a checkpoint was continued from it (or from a later one) by its retry
     assert cut is not None, "no kill came after a checkpoint"
     for t in trials:

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import optuna
 
-from jepa_search.objective import STORAGE_ENV
 from jepa_search.progress import printer
+from jepa_search.record import live_trial
+from jepa_search.settings import STORAGE_ENV
 from jepa_search.storage import EXIT_STORAGE, PatientStorage, StorageUnavailable
 from jepa_search.study import make_pruner
 from jepa_search.trial import TrialSpec, run_trial
@@ -30,12 +31,12 @@ def main() -> int:
     parser.add_argument("--out", required=True, help="the trial folder (results.json, history.csv, training.log)")
     args = parser.parse_args()
     spec = dataclasses.replace(TrialSpec.load(Path(args.trial_config)), trial_dir=args.out)
-    pruner = make_pruner(spec.settings["pruner"], spec.grace_evaluations, spec.n_evaluations)
+    pruner = make_pruner(spec.pruner, spec.grace_evaluations, spec.n_evaluations)
     # A database outage is ridden out as in the search's own process (jepa_search/storage.py)
-    storage = PatientStorage(os.environ.get(STORAGE_ENV, spec.storage), spec.settings["storage_timeout"])
+    storage = PatientStorage(os.environ.get(STORAGE_ENV, spec.storage), spec.storage_timeout)
     study = optuna.load_study(study_name=spec.study_name, storage=storage, pruner=pruner)
     try:
-        run_trial(spec, optuna.trial.Trial(study, spec.trial_id), printer())
+        run_trial(spec, live_trial(study, spec.number), printer())
     except StorageUnavailable as e:
         print(f"train_wrapper.py: error: {e}", file=sys.stderr)
         return EXIT_STORAGE

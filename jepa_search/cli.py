@@ -30,7 +30,7 @@ from jepa_search.settings import SearchSettings, default_storage, mask_password
 from jepa_search.storage import EXIT_STORAGE, StorageUnavailable
 from jepa_search.study import check_resumable, finished_count, open_study
 from jepa_search.validate import UsageError, settings_from_args
-from jepa_search.workers import registered, run_workers
+from jepa_search.workers import read_worker_spec, registered, run_workers
 
 
 def check_trial_config(settings: SearchSettings) -> None:
@@ -65,7 +65,7 @@ def report_only(args: argparse.Namespace) -> int:
     return 0
 
 
-def search(settings: SearchSettings, argv: list[str], progress: Progress) -> int:
+def search(settings: SearchSettings, progress: Progress) -> int:
     """The study's trials until it has `--n-trials` finished (the workers of `--trials-per-device`, or this
     process), then the confirmation; the exit code."""
     study = open_study(settings)
@@ -75,7 +75,7 @@ def search(settings: SearchSettings, argv: list[str], progress: Progress) -> int
         f"{settings.grace_evaluations}), storage {mask_password(settings.storage)}"
     )
     if settings.n_workers > 1:
-        code = run_workers(study, settings, argv, progress)
+        code = run_workers(study, settings, progress)
         write_report(study, settings.output_dir)
     else:
         with registered(settings):
@@ -94,9 +94,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.report_only:
             return report_only(args)
-        settings = settings_from_args(args)
-        check_trial_config(settings)
-        check_resumable(settings)
+        if args.worker_spec:  # a worker of a search whose command checked its settings
+            settings = read_worker_spec(Path(args.worker_spec))
+        else:
+            settings = settings_from_args(args)
+            check_trial_config(settings)
+            check_resumable(settings)
     except UsageError as e:
         print(f"search_phase1.py: error: {e}", file=sys.stderr)
         return 2
@@ -106,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Heartbeats and retries are marked experimental by Optuna; they are what resuming relies on
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     try:
-        return search(settings, argv, progress)
+        return search(settings, progress)
     except StorageUnavailable as e:
         print(f"search_phase1.py: error: {e}", file=sys.stderr)
         return EXIT_STORAGE

@@ -132,4 +132,10 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="rebuild results.csv, topk.json, best_config.yaml, SUMMARY.md and plots from the study, no training",
     )
+    p.add_argument(
+        "--worker-spec",
+        metavar="PATH",
+        help="run as one worker of a search, from the spec its command wrote (--trials-per-device starts these); "
+        "every other flag is ignored",
+    )
     return p

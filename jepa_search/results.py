@@ -1,8 +1,8 @@
 """What a trial leaves behind, typed, each with its file format in one place: the evaluation history
 (`history.csv`, one `HistoryRow` per evaluation) and the result (`results.json`, a `TrialResult`).
 
-The study keeps a summary of every result in the trial's user attributes (`TrialResult.summary`), which is what the
-study-level artifacts are rebuilt from.
+The study keeps a summary of every result with the trial (`record.TrialSummary`), which is what the study-level
+artifacts are rebuilt from.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, NamedTuple
+
+from optuna.trial import TrialState
 
 SMOOTHING_WINDOW = 3
 
@@ -31,16 +33,6 @@ OBJECTIVES: dict[str, ObjectiveDef] = {
     "wall_time": ObjectiveDef("minimize", "wall_time_s", "wall time (s)"),
     "peak_gpu_memory": ObjectiveDef("minimize", "peak_memory_mib", "peak GPU memory (MiB)"),
 }
-
-
-def trial_dir_name(number: int) -> str:
-    """A search trial's folder in the output folder."""
-    return f"trial_{number}"
-
-
-def run_dir_name(number: int) -> str:
-    """A confirmation run's folder in the output folder."""
-    return f"confirm/run_{number}"
 
 
 def smoothed(returns: list[float], window: int = SMOOTHING_WINDOW) -> float:
@@ -97,7 +89,7 @@ class TrialResult:
     number: int
     params: dict[str, Any]
     seed: int | None
-    state: str  # COMPLETE, PRUNED or FAIL
+    state: TrialState  # COMPLETE, PRUNED or FAIL
     fixed: dict[str, Any] = field(default_factory=dict)
     # The search's objective: the best smoothed evaluation return of a complete trial
     objective: float | None = None
@@ -121,7 +113,13 @@ class TrialResult:
 
     @classmethod
     def of(
-        cls, number: int, params: dict[str, Any], seed: int | None, state: str, history: list[HistoryRow], **kwargs: Any
+        cls,
+        number: int,
+        params: dict[str, Any],
+        seed: int | None,
+        state: TrialState,
+        history: list[HistoryRow],
+        **kwargs: Any,
     ) -> TrialResult:
         """The result of a trial that ended in `state` after the evaluations of `history`."""
         best = max((r.smoothed_return for r in history), default=None)
@@ -130,7 +128,7 @@ class TrialResult:
             params=params,
             seed=seed,
             state=state,
-            objective=best if state == "COMPLETE" else None,
+            objective=best if state == TrialState.COMPLETE else None,
             best_smoothed_return=best,
             best_eval_return=max((r.eval_return for r in history), default=None),
             last_eval_return=history[-1].eval_return if history else None,
@@ -142,28 +140,10 @@ class TrialResult:
         """The value of one of --objectives."""
         return float(getattr(self, OBJECTIVES[objective].field))
 
-    def summary(self) -> dict[str, Any]:
-        """What the study keeps of the result (user attributes of the trial)."""
-        return {k: getattr(self, k) for k in SUMMARY_KEYS}
-
     def save(self, path: Path) -> None:
-        path.write_text(json.dumps(dataclasses.asdict(self), indent=2))
+        path.write_text(json.dumps({**dataclasses.asdict(self), "state": self.state.name}, indent=2))
 
     @classmethod
     def load(cls, path: Path) -> TrialResult:
-        return cls(**json.loads(path.read_text()))
-
-
-SUMMARY_KEYS = (
-    "seed",
-    "best_eval_return",
-    "best_smoothed_return",
-    "last_eval_return",
-    "evaluations",
-    "steps",
-    "frames",
-    "wall_time_s",
-    "device",
-    "peak_memory_mib",
-    "fail_reason",
-)
+        d = json.loads(path.read_text())
+        return cls(**{**d, "state": TrialState[d["state"]]})

@@ -18,7 +18,8 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution
 from optuna.samplers import BaseSampler
 from optuna.trial import FrozenTrial, TrialState
 
-from jepa_search.space import SearchSpace, is_control
+from jepa_search.record import all_trials, is_control
+from jepa_search.space import SearchSpace
 
 # Proposals of the wrapped sampler tried before drawing uniformly among the untried configurations (a converged TPE
 # keeps proposing the best ones)
@@ -69,7 +70,7 @@ class DistinctSampler(BaseSampler):
         Read from the storage: with Hyperband, `study` shows one bracket only (as in Optuna's BruteForceSampler)."""
         deadline = time.monotonic() + SETTLE_TIMEOUT_S
         while True:
-            trials = study._storage.get_all_trials(study._study_id, deepcopy=False)
+            trials = all_trials(study)
             unsettled = [
                 t
                 for t in trials

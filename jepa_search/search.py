@@ -1,26 +1,35 @@
 """The search in this process: trials until the study has `--n-trials` finished, then the confirmation.
 
-A trial another worker runs counts (so that several workers stop together at `--n-trials`, or a few more when two
-start a trial at the same moment); once the trials left all run elsewhere, this process waits for them and takes
-over any whose worker dies. An interrupt (Ctrl-C, SIGTERM) fails the trials this process runs and queues them again.
+When to start, wait or stop is `schedule.search_decision`, the rule every worker shares. An interrupt (Ctrl-C,
+SIGTERM) fails the trials this process runs and queues them again.
+
+The confirmation: a search ranks configurations by one seed each, at 25-130 points of seed-to-seed spread, so the
+winner may be lucky. The K best configurations and the control are trained again on fresh seeds, each run a trial of
+the study `<study>-confirm` in the same storage (so it resumes, survives a killed worker and can be shared by several
+workers), queued with its configuration and seed (`record.ConfirmRun`), trained by the same trial machinery as the
+search (never pruned), and scored by the same objective: the best smoothed evaluation return. Its statistics are
+rebuilt from that study by the report.
 """
 
 from __future__ import annotations
 
 import signal
+from collections.abc import Callable
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from jepa_dreamer.runner import run
-from jepa_search.confirm import ConfirmObjective, run_confirmation
-from jepa_search.driver import START, STOP, Decision, run_trials, waiting_for
-from jepa_search.objective import Objective
+from jepa_search.objective import ConfirmObjective, Objective
 from jepa_search.progress import Progress, time_left
+from jepa_search.record import ConfirmRun, enqueue_run, records
 from jepa_search.report import write_report
-from jepa_search.sampler import untried_keys
+from jepa_search.report.tables import CONTROL_LABEL
+from jepa_search.schedule import Decision, confirmation_decision, failed_too_often, run_trials, search_decision
+from jepa_search.seeds import confirmation_seeds
 from jepa_search.settings import SearchSettings
-from jepa_search.study import FINISHED, open_confirm_study
+from jepa_search.space import CONTROL_PARAMS
+from jepa_search.study import FINISHED, open_confirm_study, ranked_complete
 from jepa_search.trial import Trainer
 
 
@@ -32,40 +41,18 @@ def _raise_on_sigterm(signum: int, frame: object) -> None:
     raise Interrupted(f"signal {signum}")
 
 
-class _SearchPlan:
-    """Whether to train another trial: not once the study has its finished trials, nor when every trial left runs
-    elsewhere (then wait), nor when nothing is left to sample, nor after too many failures in this run."""
-
-    def __init__(self, settings: SearchSettings) -> None:
-        self.settings = settings
-        self.failures = 0
-
-    def failed_too_often(self) -> bool:
-        # Every trial failing (a broken environment, say) must not loop forever: each may fail and be retried
-        return self.failures >= self.settings.n_trials * (self.settings.max_retries + 1)
-
-    def __call__(self, study: optuna.Study) -> Decision:
-        trials = study.get_trials(deepcopy=False)
-        finished = sum(t.state in FINISHED for t in trials)
-        running = [t for t in trials if t.state == TrialState.RUNNING]
-        waiting = any(t.state == TrialState.WAITING for t in trials)
-        if finished >= self.settings.n_trials or self.failed_too_often():
-            return STOP
-        # No duplicates: once every configuration has a trial and none is queued, nothing is left to train
-        exhausted = not waiting and not untried_keys(trials, self.settings.space)
-        if finished + len(running) >= self.settings.n_trials or exhausted:
-            return Decision("wait", waiting_for(running)) if running else STOP
-        return START
-
-
 def run_search(study: optuna.Study, settings: SearchSettings, objective: Objective) -> int:
     """Train trials until the study has `n_trials` finished (complete or pruned), counting every worker's and the
     control, or until every configuration of the space has been tried. Exit code 1 after too many failures."""
-    plan = _SearchPlan(settings)
     progress = objective.progress
+    failures = 0
+
+    def decide(trials: list[FrozenTrial]) -> Decision:
+        return search_decision(trials, settings, failures)
 
     def after_trial(study: optuna.Study, trial: FrozenTrial) -> None:
-        plan.failures += trial.state == TrialState.FAIL
+        nonlocal failures
+        failures += trial.state == TrialState.FAIL
         done = study.get_trials(deepcopy=False, states=FINISHED)
         pruned = sum(t.state == TrialState.PRUNED for t in done)
         seconds = [(t.datetime_complete - t.datetime_start).total_seconds() for t in done if t.datetime_start]
@@ -77,11 +64,57 @@ def run_search(study: optuna.Study, settings: SearchSettings, objective: Objecti
         )
         write_report(study, settings.output_dir)
 
-    run_trials(study, objective, settings, plan, after_trial, progress)
-    if plan.failed_too_often():
-        progress(f"stopping: {plan.failures} trials failed in this run (see trial_*/results.json for the reasons)")
+    run_trials(study, objective, settings, decide, after_trial, progress)
+    if failed_too_often(settings, failures):
+        progress(f"stopping: {failures} trials failed in this run (see trial_*/results.json for the reasons)")
         return 1
     return 0
+
+
+def planned_runs(study: optuna.Study, settings: SearchSettings) -> list[ConfirmRun]:
+    """The top `confirm_top_k` complete configurations of the search now, and the control, on `confirm_seeds` seeds."""
+    top = ranked_complete(study)[: settings.confirm_top_k]
+    configs = [(f"trial {r.number}", r.number, r.params) for r in top]
+    if settings.control:
+        control = next((r.number for r in records(study) if r.control), None)
+        configs.append((CONTROL_LABEL, control, dict(CONTROL_PARAMS)))
+    seeds = confirmation_seeds(settings.seed0, settings.confirm_seeds)
+    return [ConfirmRun(label, n, dict(p), s) for label, n, p in configs for s in seeds]
+
+
+def _run_keys(confirm: optuna.Study, states: tuple[TrialState, ...]) -> set[tuple[str, int]]:
+    return {r.run.key() for r in records(confirm, states) if r.is_run and r.run is not None}
+
+
+def enqueue_missing(confirm: optuna.Study, plan: list[ConfirmRun]) -> int:
+    """Queue the planned runs that no trial has done, is doing or waits for; returns how many were queued."""
+    have = _run_keys(confirm, (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING))
+    missing = [r for r in plan if r.key() not in have]
+    for r in missing:
+        enqueue_run(confirm, r)
+    return len(missing)
+
+
+def run_confirmation(
+    study: optuna.Study,
+    confirm: optuna.Study,
+    settings: SearchSettings,
+    objective: ConfirmObjective,
+    after: Callable[[], None],
+) -> int:
+    """Queue the missing runs of the plan, then train queued runs until none is left or runs elsewhere (other
+    workers may share them). Exit code 1 when a planned run failed for good."""
+    plan = planned_runs(study, settings)
+    queued = enqueue_missing(confirm, plan)
+    objective.progress(f"confirmation: {len(plan)} runs planned, {queued} queued now, {settings.confirm_steps} steps")
+
+    def after_run(confirm: optuna.Study, trial: FrozenTrial) -> None:
+        objective.progress(f"confirmation run {trial.number} {trial.state.name.lower()}")
+        after()
+
+    run_trials(confirm, objective, settings, confirmation_decision, after_run, objective.progress)
+    done = _run_keys(confirm, (TrialState.COMPLETE,))
+    return 0 if all(r.key() in done for r in plan) else 1
 
 
 def run_stages(study: optuna.Study, settings: SearchSettings, progress: Progress, trainer: Trainer = run) -> int:

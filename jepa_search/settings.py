@@ -13,6 +13,12 @@ from jepa_search.results import OBJECTIVES
 from jepa_search.space import SearchSpace, parse_space
 
 
+def evaluations(steps: int, eval_every: int) -> int:
+    """Evaluations of a run of `steps`: every `eval_every` steps, and one at the end when the budget is not a
+    multiple."""
+    return math.ceil(steps / eval_every)
+
+
 @dataclass(frozen=True, kw_only=True)
 class StudyConfig:
     """The settings that define a study: a resume with other values would mix incomparable trials."""
@@ -40,8 +46,8 @@ class StudyConfig:
 
     @property
     def n_evaluations(self) -> int:
-        """Evaluations per trial: every `eval_every` steps, and one at the end when the budget is not a multiple."""
-        return math.ceil(self.trial_steps / self.eval_every)
+        """Evaluations per trial."""
+        return evaluations(self.trial_steps, self.eval_every)
 
     @property
     def grace_evaluations(self) -> int:
@@ -112,10 +118,23 @@ class SearchSettings(StudyConfig):
         """Worker processes: `processes_per_device` on each GPU of `gpus`, or on the CPU when there are none."""
         return self.processes_per_device * max(1, len(self.gpus))
 
-    @property
-    def confirm_evaluations(self) -> int:
-        """Evaluations per confirmation run (at `confirm_steps`)."""
-        return math.ceil(self.confirm_steps / self.eval_every)
+    def to_spec(self) -> dict[str, Any]:
+        """The settings as JSON, whole but for the storage URL, which may hold a password (a worker takes it from
+        `STORAGE_ENV`): what a worker process is started from (`from_spec`)."""
+        d = self.fingerprint()
+        d.update({f.name: getattr(self, f.name) for f in fields(SearchSettings) if f.name not in d})
+        d.update(output_dir=str(self.output_dir), gpus=list(self.gpus))
+        for name in ("storage", "warnings"):
+            d.pop(name)
+        return d
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any], storage: str) -> SearchSettings:
+        study = StudyConfig.from_fingerprint(spec)
+        values = {f.name: getattr(study, f.name) for f in fields(StudyConfig)}
+        values.update({f.name: spec[f.name] for f in fields(SearchSettings) if f.name in spec and f.name not in values})
+        values.update(output_dir=Path(spec["output_dir"]), gpus=tuple(spec["gpus"]), storage=storage)
+        return cls(**values)
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -129,6 +148,11 @@ class SearchSettings(StudyConfig):
         )
         d.pop("warnings")
         return d
+
+
+# Where a child process (a worker, a trial of --isolation subprocess) finds the storage URL: it may hold a password,
+# which files on disk must not
+STORAGE_ENV = "JEPA_SEARCH_STORAGE"
 
 
 def default_storage(output_dir: Path) -> str:

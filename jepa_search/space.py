@@ -113,15 +113,3 @@ def to_overrides(params: dict[str, Any]) -> list[str]:
 
 # The control: plain DreamerV3 (no JEPA module exists at coefficient 0), trained with the search's budget and seeding
 CONTROL_PARAMS: dict[str, Any] = {"jepa_coef": 0.0}
-CONTROL_ATTR = "control"
-
-
-def is_control(trial: optuna.trial.FrozenTrial | optuna.Trial) -> bool:
-    """The control trial is enqueued without parameters (its coefficient lies outside the categorical choices) and
-    marked in its user attributes, which its retries inherit."""
-    return bool(trial.user_attrs.get(CONTROL_ATTR))
-
-
-def configuration(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
-    """The JEPA parameters a trial trains with: its Optuna parameters, or the control's."""
-    return dict(CONTROL_PARAMS) if is_control(trial) else dict(trial.params)

@@ -6,9 +6,7 @@ machines, with a PostgreSQL URL) can share, and that a new run of the same comma
 
 from __future__ import annotations
 
-import copy
 import datetime
-import functools
 import itertools
 import time
 import warnings
@@ -16,35 +14,31 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.exceptions import UpdateFinishedTrialError
-from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback, fail_stale_trials
-from optuna.trial import FrozenTrial, TrialState
+from optuna.storages import RDBStorage, fail_stale_trials
+from optuna.trial import TrialState
 from sqlalchemy import create_engine, event, inspect
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
-from jepa_search.host import WorkerId
-from jepa_search.results import OBJECTIVES, TrialResult, read_history, run_dir_name, trial_dir_name
+from jepa_search.lineage import CONFIRM_SUFFIX, Lineage
+from jepa_search.record import (
+    TrialRecord,
+    enqueue_control,
+    fail_running,
+    records,
+    storage_of,
+    store_confirm_steps,
+    store_settings,
+    stored_confirm_steps,
+    stored_settings,
+)
+from jepa_search.results import OBJECTIVES
 from jepa_search.sampler import DistinctSampler
 from jepa_search.settings import SearchSettings, mask_password
-from jepa_search.space import CONTROL_ATTR, configuration, is_control
 from jepa_search.storage import PatientStorage, pool_sizes
 from jepa_search.validate import UsageError
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
-SETTINGS_ATTR = "settings"
-# The confirmation runs live in a study of their own beside the search's, which stores their budget
-CONFIRM_SUFFIX = "-confirm"
-CONFIRM_STEPS_ATTR = "confirm_steps"
-# A trial that ended before training because nothing was left to run: failed, never retried
-NOT_TRAINED_ATTR = "not_trained"
-# The compiled route a trial trained with (--compile, resolved on its worker's device)
-COMPILE_ATTR = "compile"
-# The checkpoint of an earlier try that the trial continues from (None: it trains from scratch)
-RESUMED_ATTR = "resumed_from"
-# The process training the trial and the trial's folder relative to the output folder (`WorkerId`, with the trial's
-# number and "dir": a retry inherits its first try's attributes)
-WORKER_ATTR = "worker"
 CLAIM_TIMEOUT_S = 10.0
 # The table every Optuna RDB storage has: a database with tables but without it is not a study database
 OPTUNA_TABLE = "studies"
@@ -71,7 +65,7 @@ def make_storage(settings: SearchSettings) -> PatientStorage:
                 engine_kwargs=engine_kwargs,
                 heartbeat_interval=settings.heartbeat_interval,
                 grace_period=2 * settings.heartbeat_interval,
-                heartbeat_stale_trial_callback=functools.partial(_on_stale, settings),
+                heartbeat_stale_trial_callback=Lineage(settings.output_dir, settings.max_retries).lost,
             )
             if sqlite:
                 event.listen(storage.engine, "begin", _begin_immediate)
@@ -90,75 +84,21 @@ def _begin_immediate(connection: Connection) -> None:
     connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def _on_stale(settings: SearchSettings, study: optuna.Study, trial: FrozenTrial) -> None:
-    """A trial (or confirmation run) whose worker died: write its results.json (as failed), then queue it again."""
-    claimed = trial_folder(trial)
-    if claimed is not None:
-        folder = settings.output_dir / claimed
-    else:  # its worker died before claiming it: the folder its study would have given it
-        confirmation = study.study_name.endswith(CONFIRM_SUFFIX)
-        folder = settings.output_dir / (run_dir_name if confirmation else trial_dir_name)(trial.number)
-    reason = "its worker stopped (killed?); queued again with the same parameters"
-    history = read_history(folder / "history.csv")
-    folder.mkdir(parents=True, exist_ok=True)
-    seed = trial.user_attrs.get("seed")
-    resumed = trial.user_attrs.get(RESUMED_ATTR) if claimed is not None else None
-    TrialResult.of(
-        trial.number, configuration(trial), seed, "FAIL", history, fail_reason=reason, resumed_from=resumed
-    ).save(folder / "results.json")
-    retry_callback(settings)(study, trial)
-
-
-def _claim(trial: FrozenTrial) -> dict[str, Any] | None:
-    """The trial's own claim (made at the start of the objective), not one inherited from an earlier try."""
-    claim = trial.user_attrs.get(WORKER_ATTR)
-    return claim if claim is not None and claim.get("trial") == trial.number else None
-
-
-def worker_of(trial: FrozenTrial) -> WorkerId | None:
-    """The process that trains `trial`, when it claimed it."""
-    claim = _claim(trial)
-    return WorkerId.from_dict(claim) if claim is not None else None
-
-
-def trial_folder(trial: FrozenTrial) -> str | None:
-    """The trial's folder relative to the output folder, when it claimed it."""
-    claim = _claim(trial)
-    return claim["dir"] if claim is not None else None
-
-
-def fail_lost_trials(study: optuna.Study) -> None:
-    """Fail the running trials whose worker is gone, and queue them again (the storage's stale callback): at once
-    when the worker ran on this host and its process no longer exists, or never claimed the trial, else after two
-    missed heartbeats."""
-    storage = study._storage
-    dead = []
+def fail_lost_trials(study: optuna.Study, lineage: Lineage) -> None:
+    """Fail the running trials whose worker is gone, and queue them again (`Lineage.lost`): at once when the worker
+    ran on this host and its process no longer exists, or never claimed the trial, else after two missed
+    heartbeats (the storage's stale-trial callback, the same)."""
     now = datetime.datetime.now()
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        worker = worker_of(trial)
+        claim = TrialRecord.of(trial).claim
         # A live process claims its trial within milliseconds of starting it: one that never did died first
-        unclaimed = worker is None and (now - trial.datetime_start).total_seconds() > CLAIM_TIMEOUT_S
-        if not unclaimed and (worker is None or worker.is_alive()):
+        unclaimed = claim is None and (now - trial.datetime_start).total_seconds() > CLAIM_TIMEOUT_S
+        if not unclaimed and (claim is None or claim.worker.is_alive()):
             continue
-        try:
-            if storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
-                dead.append(trial._trial_id)
-        except UpdateFinishedTrialError:
-            pass  # another worker failed it first
-    callback = storage.get_heartbeat_stale_trial_callback()
-    for trial_id in dead:
-        callback(study, copy.deepcopy(storage.get_trial(trial_id)))
+        failed = fail_running(study, trial.number)
+        if failed is not None:  # else another worker failed it first
+            lineage.lost(study, failed)
     fail_stale_trials(study)
-
-
-def retry_callback(settings: SearchSettings) -> RetryHeartbeatStaleTrialCallback:
-    return RetryHeartbeatStaleTrialCallback(max_retry=settings.max_retries)
-
-
-def root_number(trial: FrozenTrial) -> int:
-    """The number of the first try of a trial's configuration: its retries keep its seed."""
-    history = RetryHeartbeatStaleTrialCallback.retry_history(trial)
-    return int(history[0]) if history else trial.number
 
 
 def make_sampler(settings: SearchSettings) -> DistinctSampler:
@@ -232,7 +172,7 @@ def check_resumable(settings: SearchSettings) -> None:
             raise missing
         return
     study = optuna.load_study(study_name=settings.study_name, storage=storage)
-    stored = study.user_attrs.get(SETTINGS_ATTR)
+    stored = stored_settings(study)
     if stored is None:
         raise UsageError(f"--study-name {settings.study_name} exists but was not made by this tool; pick another name")
     current = settings.fingerprint()
@@ -243,7 +183,7 @@ def check_resumable(settings: SearchSettings) -> None:
         )
     confirm_name = confirm_study_name(settings.study_name)
     if settings.confirm_top_k and confirm_name in names:
-        steps = optuna.load_study(study_name=confirm_name, storage=storage).user_attrs.get(CONFIRM_STEPS_ATTR)
+        steps = stored_confirm_steps(optuna.load_study(study_name=confirm_name, storage=storage))
         if steps != settings.confirm_steps:
             raise UsageError(
                 f"--confirm-steps {settings.confirm_steps}: the confirmation of {settings.study_name} trains {steps} "
@@ -267,9 +207,9 @@ def open_study(settings: SearchSettings) -> optuna.Study:
     except optuna.exceptions.DuplicatedStudyError:
         return optuna.load_study(**kwargs)
     _name_metrics(study, [OBJECTIVES[name].metric for name in settings.objectives])
-    study.set_user_attr(SETTINGS_ATTR, settings.fingerprint())
+    store_settings(study, settings.fingerprint())
     if settings.control:
-        study.enqueue_trial({}, user_attrs={CONTROL_ATTR: True})
+        enqueue_control(study)
     return study
 
 
@@ -297,13 +237,13 @@ def open_confirm_study(settings: SearchSettings) -> optuna.Study:
     except optuna.exceptions.DuplicatedStudyError:
         return optuna.load_study(**kwargs)
     _name_metrics(study, [OBJECTIVES["return"].metric])
-    study.set_user_attr(CONFIRM_STEPS_ATTR, settings.confirm_steps)
+    store_confirm_steps(study, settings.confirm_steps)
     return study
 
 
 def load_confirm_study(study: optuna.Study) -> optuna.Study | None:
     """The confirmation study of a search, if there is one; it shares the search's storage."""
-    storage = study._storage  # the search's own storage object: no second connection for the report
+    storage = storage_of(study)
     name = confirm_study_name(study.study_name)
     if name not in optuna.get_all_study_names(storage):
         return None
@@ -314,12 +254,7 @@ def finished_count(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=FINISHED))
 
 
-def search_return(trial: FrozenTrial) -> float:
-    """A complete trial's first objective, the best smoothed evaluation return (in both kinds of study)."""
-    return trial.values[0]
-
-
-def ranked_complete(study: optuna.Study) -> list[FrozenTrial]:
+def ranked_complete(study: optuna.Study) -> list[TrialRecord]:
     """The complete JEPA trials (not the control), best return first."""
-    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    return sorted((t for t in complete if not is_control(t)), key=lambda t: -search_return(t))
+    complete = records(study, (TrialState.COMPLETE,))
+    return sorted((r for r in complete if not r.control), key=lambda r: -r.value)

@@ -1,4 +1,4 @@
-"""One trial: the evaluation hook that reports to Optuna, the training run, and the trial's files.
+"""One trial: the evaluation hook that reports to Optuna, the training run, the trial's files and its W&B run.
 
 The same `run_trial` serves the in-process objective and `train_wrapper.py` (a child process that reaches the
 trial through the shared storage), so both paths write the same `results.json`, `history.csv` and `training.log`.
@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -20,17 +19,18 @@ from typing import Any
 
 import optuna
 from omegaconf import DictConfig
+from optuna.trial import TrialState
 
-from jepa_dreamer.checkpoint import STAGING, checkpoint_step, unreadable
 from jepa_dreamer.dreamer_v3_jepa import TrainResult
 from jepa_dreamer.evaluate import EvalHook, EvalResult
 from jepa_dreamer.metrics import LogSink
 from jepa_dreamer.runner import compose_config, run
 from jepa_dreamer.shared import Shared
 from jepa_search.host import peak_memory_mib, trial_device, versions
+from jepa_search.lineage import replayed_rows
 from jepa_search.progress import Progress, time_left
-from jepa_search.results import HistoryRow, TrialResult, append_history, read_history, smoothed, start_history
-from jepa_search.tracking import WandbTrial
+from jepa_search.record import write
+from jepa_search.results import HistoryRow, TrialResult, append_history, smoothed, start_history
 
 # What trains a trial: `jepa_dreamer.runner.run` (config, evaluation hook, logging sink, cancel event); tests pass a
 # scripted stand-in to make pruning deterministic
@@ -40,13 +40,65 @@ TRIAL_LOGGERS = ("jepa_dreamer", "py.warnings")
 
 log = logging.getLogger(__name__)
 
+# A trial's W&B run (`--wandb-project`): one run per trial, grouped by study. Set WANDB_MODE=offline to log without an
+# account (the runs are written under the trial folder, `wandb sync` uploads them later). Its config holds the
+# settings as the search stores them, so the storage URL's password is masked.
+# What the run's summary keeps of the trial's result
+SUMMARY = (
+    "state",
+    "objective",
+    "best_eval_return",
+    "best_smoothed_return",
+    "steps",
+    "frames",
+    "wall_time_s",
+    "fail_reason",
+)
+
+
+class WandbTrial:
+    """The W&B run of one trial: its training metrics and evaluation curve, then its final state in the summary."""
+
+    def __init__(self, project: str, group: str, name: str, folder: str, config: dict[str, Any]) -> None:
+        import wandb
+
+        self.run = wandb.init(
+            project=project,
+            group=group,
+            job_type="trial",
+            name=name,
+            dir=folder,
+            config=config,
+            reinit="create_new",
+            # The trial's lines already go to training.log
+            settings=wandb.Settings(console="off"),
+        )
+
+    def log_training(self, policy_step: int, values: dict[str, float]) -> None:
+        self.run.log(values, step=policy_step)
+
+    def log_evaluation(self, row: HistoryRow) -> None:
+        self.run.log(
+            {
+                "eval/return": row.eval_return,
+                "eval/smoothed_return": row.smoothed_return,
+                "eval/return_std": row.return_std,
+                "eval/episode_length": row.episode_length,
+                "eval/index": row.eval_index,
+            },
+            step=row.step,
+        )
+
+    def finish(self, result: TrialResult) -> None:
+        self.run.summary.update({k: getattr(result, k) for k in SUMMARY} | {"state": result.state.name})
+        self.run.finish(exit_code=1 if result.state == TrialState.FAIL else 0)
+
 
 @dataclass(frozen=True)
 class TrialSpec:
     """Everything one trial needs, as JSON (the file `train_wrapper.py` reads)."""
 
     number: int
-    trial_id: int
     seed: int
     params: dict[str, Any]
     fixed: dict[str, Any]
@@ -56,14 +108,21 @@ class TrialSpec:
     n_evaluations: int
     study_name: str
     storage: str
+    # The pruner of the study (`study.make_pruner`), which `train_wrapper.py` loads the study with
+    pruner: str
+    # How long `train_wrapper.py` rides out a database outage (`--storage-timeout`)
+    storage_timeout: float = 300.0
     exp: str = "dreamer_v3_jepa"
+    # Log the trial to this W&B project
+    wandb_project: str | None = None
+    # Other trials train in the same process (their peak memory is the process's)
+    shares_process: bool = False
+    # The search's settings as results.json and W&B record them (`SearchSettings.as_dict`), never read here
     settings: dict[str, Any] = field(default_factory=dict)
     # The checkpoint of an earlier try of this configuration that this one continues from
     resume_from: str | None = None
     # Why newer checkpoints of the earlier tries were skipped (`Resume.note`)
     resume_note: str | None = None
-    # The folders of the earlier tries of this configuration (oldest first)
-    earlier_tries: list[str] = field(default_factory=list)
     # The run's budget in policy steps
     steps: int = 0
     # Report the smoothed returns to Optuna (not possible in a multi-objective study), and let the pruner stop the
@@ -105,7 +164,7 @@ class PruningHook:
     def _record(self, row: HistoryRow) -> None:
         self.history.append(row)
         # The learning curve, in a form a multi-objective study (no intermediate values there) can store too
-        self.trial.set_user_attr("smoothed_returns", [r.smoothed_return for r in self.history])
+        write(self.trial, curve=[r.smoothed_return for r in self.history])
         append_history(self.path, row)
         if self.tracker is not None:
             self.tracker.log_evaluation(row)
@@ -150,47 +209,6 @@ class PruningHook:
         return self.pruned
 
 
-@dataclass(frozen=True)
-class Resume:
-    """Where a retry continues: the newest readable checkpoint of the earlier tries of its configuration (None: from
-    scratch), and the newer ones it skipped because they cannot be read, each with the reason."""
-
-    checkpoint: Path | None
-    skipped: tuple[str, ...] = ()
-
-    def note(self) -> str | None:
-        """The line training.log and results.json get when a checkpoint was skipped."""
-        if not self.skipped:
-            return None
-        where = f"continues from {self.checkpoint}" if self.checkpoint is not None else "starts over"
-        return f"unreadable checkpoint(s) skipped ({'; '.join(self.skipped)}): the trial {where}"
-
-
-def resume_point(folders: list[Path]) -> Resume:
-    """The newest readable checkpoint among the folders of earlier tries (oldest first) of a configuration."""
-    skipped = []
-    for folder in reversed(folders):
-        for path in sorted(folder.glob("run/version_*/checkpoint/ckpt_*_0.ckpt"), key=checkpoint_step, reverse=True):
-            reason = unreadable(path)
-            if reason is None:
-                return Resume(path, tuple(skipped))
-            skipped.append(reason)
-    return Resume(None, tuple(skipped))
-
-
-def _replayed_rows(checkpoint: Path) -> list[HistoryRow]:
-    """The history rows of the try that wrote `checkpoint` (trial_<n>/run/version_<v>/checkpoint/...), up to it."""
-    rows = read_history(checkpoint.parents[3] / "history.csv")
-    return [row for row in rows if row.step <= checkpoint_step(checkpoint)]
-
-
-def _remove_training_state(folder: Path) -> None:
-    """A finished trial's replay buffer and checkpoints are only disk space."""
-    for pattern in ("memmap_buffer", "checkpoint", "checkpoint_buffers", STAGING):
-        for path in folder.glob(f"run/version_*/{pattern}"):
-            shutil.rmtree(path, ignore_errors=True)
-
-
 # Python's warnings go to the `py.warnings` logger while at least one trial of this process runs
 _captured_warnings = Shared()
 
@@ -233,33 +251,33 @@ def run_trial(
     started = time.perf_counter()
     hook: PruningHook | None = None
     tracker: WandbTrial | None = None
-    state, reason, steps, action_repeat, device = "FAIL", None, 0, 1, "cpu"
+    state, reason, steps, action_repeat, device = TrialState.FAIL, None, 0, 1, "cpu"
     with _training_log(folder / "training.log"):
         try:
             cfg = compose_config(spec.overrides, exp=spec.exp)
             action_repeat = int(cfg.env.action_repeat)
             device = trial_device(cfg.fabric.accelerator)
             # Trials side by side in one process share its peak: it is the process's then
-            if device == "cuda" and spec.settings.get("trials_per_process", 1) == 1:
+            if device == "cuda" and not spec.shares_process:
                 import torch
 
                 torch.cuda.reset_peak_memory_stats()
-            if spec.settings.get("wandb_project"):
+            if spec.wandb_project:
                 config = {"params": spec.params, "fixed": spec.fixed, "seed": spec.seed, "settings": spec.settings}
                 tracker = WandbTrial(
-                    spec.settings["wandb_project"], spec.study_name, f"trial_{spec.number}", spec.trial_dir, config
+                    spec.wandb_project, spec.study_name, f"trial_{spec.number}", spec.trial_dir, config
                 )
             hook = PruningHook(trial, spec, action_repeat, progress, tracker)
             if spec.resume_note:
                 log.warning(f"trial {spec.number}: {spec.resume_note}")
                 progress(f"trial {spec.number}: {spec.resume_note}")
             if spec.resume_from:
-                hook.replay(_replayed_rows(Path(spec.resume_from)))
+                hook.replay(replayed_rows(Path(spec.resume_from)))
                 progress(f"trial {spec.number} resumes from {spec.resume_from} ({len(hook.history)} evaluations)")
             log.info(f"trial {spec.number}: {spec.params} seed {spec.seed}, {spec.steps} policy steps on {device}")
             result = trainer(cfg, hook, tracker.log_training if tracker is not None else None, cancel)
             steps = result.policy_steps
-            state = "PRUNED" if hook.pruned else "COMPLETE"
+            state = TrialState.PRUNED if hook.pruned else TrialState.COMPLETE
         except BaseException as e:
             reason = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
             log.exception(f"trial {spec.number} failed: {reason}")
@@ -287,12 +305,9 @@ def run_trial(
                 **trained,
             )
             result.save(folder / "results.json")
-            log.info(f"trial {spec.number} {state.lower()}: {result.evaluations} evaluations, {result.steps} steps")
+            log.info(
+                f"trial {spec.number} {state.name.lower()}: {result.evaluations} evaluations, {result.steps} steps"
+            )
             if tracker is not None:
                 tracker.finish(result)
-            # A failed try keeps its checkpoint and buffer: its retry continues from them. Once the configuration
-            # is finished, no try of it needs them
-            if state != "FAIL":
-                for path in (folder, *map(Path, spec.earlier_tries)):
-                    _remove_training_state(path)
     return result

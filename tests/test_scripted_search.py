@@ -16,10 +16,10 @@ import pytest
 
 from jepa_search.cli import main
 from jepa_search.objective import Objective
+from jepa_search.record import TrialRecord, is_control
 from jepa_search.report import write_report
 from jepa_search.sampler import SpaceExhausted
 from jepa_search.search import run_search
-from jepa_search.space import configuration, is_control
 from jepa_search.study import check_resumable, make_pruner, make_sampler, open_study
 from tests.helpers import base_args, markdown_rows, scripted_trainer, settings_for
 
@@ -143,7 +143,7 @@ def test_a_search_covering_the_space_trains_every_configuration_once_and_the_con
     trials = study.get_trials()
     assert len(trials) == 7 and {t.state.name for t in trials} <= {"COMPLETE", "PRUNED"}
     (control,) = [t for t in trials if is_control(t)]
-    assert control.state.name == "COMPLETE" and configuration(control) == {"jepa_coef": 0.0}
+    assert control.state.name == "COMPLETE" and TrialRecord.of(control).params == {"jepa_coef": 0.0}
     assert len({tuple(t.params.values()) for t in trials if not is_control(t)}) == 6 == s.space.size()
     # A rerun with more trials has nothing left to train
     s = settings_for(tmp_path, "--n-trials", "10", "--search-space", str(space))

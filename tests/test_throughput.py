@@ -15,7 +15,8 @@ from jepa_dreamer.presets import COMPILE_KEYS
 from jepa_search.cli import main
 from jepa_search.overrides import trial_overrides
 from jepa_search.progress import WORKER_ENV
-from jepa_search.workers import worker_commands
+from jepa_search.settings import STORAGE_ENV
+from jepa_search.workers import read_worker_spec, worker_commands, write_worker_spec
 from tests.helpers import base_args, settings_for
 
 REPO = Path(__file__).resolve().parents[1]
@@ -160,17 +161,21 @@ def test_workers_are_spread_over_the_gpus_named(tmp_path, monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,6")
     monkeypatch.setenv("OMP_NUM_THREADS", "16")
     monkeypatch.setattr(os, "cpu_count", lambda: 8)
-    commands = list(worker_commands(["--env", "dmc"], s).values())
+    s.output_dir.mkdir(parents=True)
+    monkeypatch.setenv(STORAGE_ENV, s.storage)
+    commands = list(worker_commands(s).values())
     assert {env["OMP_NUM_THREADS"] for _, env in commands} == {"2"}  # 8 cores shared by 4 workers
     assert s.n_workers == 4 and len(commands) == 4
     assert [env["CUDA_VISIBLE_DEVICES"] for _, env in commands] == ["4", "6", "4", "6"]
     assert [env[WORKER_ENV] for _, env in commands] == ["w0/gpu0", "w1/gpu1", "w2/gpu0", "w3/gpu1"]
-    for command, _ in commands:  # the last value of a repeated flag wins: one trial at a time, one visible GPU
-        assert command[-4:] == ["--trials-per-device", "1", "--gpus", "0"]
+    for command, env in commands:  # each worker from the spec: one trial at a time, one visible GPU
+        assert command[-2] == "--worker-spec" and env[STORAGE_ENV] == s.storage
+        assert read_worker_spec(write_worker_spec(s)) == dataclasses.replace(s, trials_per_device=1, gpus=(0,))
     # 2 GPUs x 4 trials, 2 side by side in each worker: 4 workers of 2 trials
     s = dataclasses.replace(s, trials_per_device=4, trials_per_process=2)
-    commands = list(worker_commands(["--env", "dmc", "--trials-per-process", "2"], s).values())
-    assert s.n_workers == 4 and [command[-4:-2] for command, _ in commands] == [["--trials-per-device", "2"]] * 4
+    commands = list(worker_commands(s).values())
+    assert s.n_workers == 4 and len(commands) == 4
+    assert read_worker_spec(write_worker_spec(s)).trials_per_device == 2
 
 
 @pytest.mark.slow

@@ -12,7 +12,7 @@ from jepa_dreamer.evaluate import EvalResult
 from jepa_dreamer.learner import Learner
 from jepa_dreamer.presets import output_overrides
 from jepa_dreamer.runner import compose_config, run
-from jepa_search.trial import resume_point
+from jepa_search.lineage import resume_point
 from tests.helpers import ACTIONS, OBS_SPACE, resolved_cfg, tensorboard_scalars
 
 # Fewer and shorter gradient steps than the tiny run's: what is under test is stopping and resuming

@@ -17,8 +17,8 @@ from optuna.trial import TrialState
 
 from jepa_search.objective import Objective
 from jepa_search.parser import build_parser
+from jepa_search.record import is_control
 from jepa_search.search import run_search
-from jepa_search.space import is_control
 from jepa_search.study import make_storage, open_study
 from jepa_search.validate import settings_from_args
 from tests.helpers import scripted_trainer

@@ -14,10 +14,8 @@ import optuna
 import optuna.visualization.matplotlib as optuna_plots
 from optuna.trial import TrialState
 
-from jepa_search.report.tables import curve
+from jepa_search.record import is_control, records
 from jepa_search.settings import StudyConfig
-from jepa_search.space import is_control
-from jepa_search.study import search_return
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -51,32 +49,37 @@ def _jepa_only(study: optuna.Study) -> optuna.Study:
 
 
 def _control_return(study: optuna.Study) -> float | None:
-    control = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if is_control(t)]
-    return search_return(control[0]) if control else None
+    control = [r for r in records(study, (TrialState.COMPLETE,)) if r.control]
+    return control[0].value if control else None
 
 
 def learning_curves(study: optuna.Study, config: StudyConfig, path: Path) -> None:
     with _figure(path):
         fig, ax = plt.subplots(figsize=(7, 4))
-        for t in study.get_trials(deepcopy=False):
-            if not (y := curve(t)):
+        for r in records(study):
+            if not (y := r.curve):
                 continue
             x = [min(i * config.eval_every, config.trial_steps) for i in range(1, len(y) + 1)]
-            style = {"linestyle": "--", "alpha": 0.6} if t.state == TrialState.PRUNED else {"linewidth": 2}
-            if is_control(t):
+            style = {"linestyle": "--", "alpha": 0.6} if r.state == TrialState.PRUNED else {"linewidth": 2}
+            if r.control:
                 style["color"] = "black"
             (line,) = ax.plot(x, y, marker="o", markersize=3, **style)
-            note = " (control)" if is_control(t) else " (pruned)" if t.state == TrialState.PRUNED else ""
-            ax.annotate(f"{t.number}{note}", (x[-1], y[-1]), fontsize=7, color=line.get_color())
+            note = " (control)" if r.control else " (pruned)" if r.state == TrialState.PRUNED else ""
+            ax.annotate(f"{r.number}{note}", (x[-1], y[-1]), fontsize=7, color=line.get_color())
         title = "Learning curves (dashed: pruned; black: control)"
         ax.set(xlabel="policy steps", ylabel="smoothed evaluation return", title=title)
+
+
+def _return(trial: optuna.trial.FrozenTrial) -> float:
+    """What the plots show of a trial: its first objective, the best smoothed evaluation return."""
+    return trial.values[0]
 
 
 def optimization_history(study: optuna.Study, path: Path) -> None:
     """Optuna's history of the JEPA trials' returns, with the control's as a line to beat."""
     with _figure(path):
         jepa = _jepa_only(study)
-        ax = optuna_plots.plot_optimization_history(jepa, target=search_return, target_name=RETURN)
+        ax = optuna_plots.plot_optimization_history(jepa, target=_return, target_name=RETURN)
         if (bar := _control_return(study)) is not None:
             ax.axhline(bar, color="black", linestyle=":", label="control (plain DreamerV3)")
             ax.legend()
@@ -85,7 +88,7 @@ def optimization_history(study: optuna.Study, path: Path) -> None:
 def param_effects(study: optuna.Study, path: Path) -> None:
     """Optuna's slice plot: each parameter's value against the return of the complete JEPA trials."""
     with _figure(path):
-        optuna_plots.plot_slice(_jepa_only(study), target=search_return, target_name=RETURN)
+        optuna_plots.plot_slice(_jepa_only(study), target=_return, target_name=RETURN)
 
 
 def pareto_front(study: optuna.Study, config: StudyConfig, path: Path) -> None:

@@ -6,18 +6,16 @@ import json
 import math
 import shlex
 from pathlib import Path
-from typing import Any
 
 import optuna
 import pandas as pd
 from optuna.trial import TrialState
 
 from jepa_search import stats
-from jepa_search.report.tables import curve
+from jepa_search.record import TrialRecord, records
+from jepa_search.report.tables import ConfirmGroup, ConfirmRow, TopEntry
 from jepa_search.results import OBJECTIVES
 from jepa_search.settings import StudyConfig
-from jepa_search.space import is_control
-from jepa_search.study import NOT_TRAINED_ATTR, search_return
 
 # Fewer complete trials than this and SUMMARY.md says the ranking is not to be trusted
 TRUSTED_MIN_COMPLETE = 5
@@ -36,17 +34,17 @@ def _markdown(rows: list[dict[str, str]]) -> str:
     return pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True)
 
 
-def _top_table(top: list[dict[str, Any]]) -> str:
+def _top_table(top: list[TopEntry]) -> str:
     return _markdown(
         [
             {
-                "rank": str(r["rank"]),
-                "trial": str(r["number"]),
-                "objective": _fmt(r["objective"]),
-                **{name: str(v) for name, v in r["params"].items()},
-                "best return": _fmt(r["best_eval_return"]),
-                "confirmed IQM": _fmt(r["confirmation"] and r["confirmation"]["iqm"]),
-                "note": "pruned" if r["pruned"] else "",
+                "rank": str(r.rank),
+                "trial": str(r.number),
+                "objective": _fmt(r.objective),
+                **{name: str(v) for name, v in r.params.items()},
+                "best return": _fmt(r.best_eval_return),
+                "confirmed IQM": _fmt(r.confirmation and r.confirmation.iqm),
+                "note": "pruned" if r.pruned else "",
             }
             for r in top
         ]
@@ -55,13 +53,14 @@ def _top_table(top: list[dict[str, Any]]) -> str:
 
 def _pareto_lines(study: optuna.Study, config: StudyConfig) -> list[str]:
     names = [f"{n} ({OBJECTIVES[n][1]})" for n in config.objectives]
+    best = [TrialRecord.of(t) for t in study.best_trials]
     rows = [
         {
-            "trial": str(t.number),
-            "configuration": "control" if is_control(t) else json.dumps(t.params),
-            **{name: f"{v:.2f}" for name, v in zip(names, t.values, strict=True)},
+            "trial": str(r.number),
+            "configuration": "control" if r.control else json.dumps(r.params),
+            **{name: f"{v:.2f}" for name, v in zip(names, r.values or (), strict=True)},
         }
-        for t in sorted(study.best_trials, key=lambda t: -search_return(t))
+        for r in sorted(best, key=lambda r: -r.value)
     ]
     return [
         "## Pareto front",
@@ -77,16 +76,16 @@ def _pareto_lines(study: optuna.Study, config: StudyConfig) -> list[str]:
 
 
 def _control_lines(study: optuna.Study, config: StudyConfig) -> list[str]:
-    control = next((t for t in study.get_trials(deepcopy=False) if is_control(t)), None)
+    control = next((r for r in records(study) if r.control), None)
     lines = ["## Control", ""]
     if not config.control:
         return [*lines, "No control trial (`--no-control`).", ""]
-    if control is None or control.state != TrialState.COMPLETE:
+    if control is None or control.value is None:
         state = "queued" if control is None else control.state.name.lower()
         return [*lines, f"The control (plain DreamerV3, `jepa_coef: 0`) has not completed yet ({state}).", ""]
-    bar = search_return(control)
-    jepa = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if not is_control(t)]
-    better = sum(search_return(t) > bar for t in jepa)
+    bar = control.value
+    jepa = [r for r in records(study, (TrialState.COMPLETE,)) if not r.control]
+    better = sum(r.value > bar for r in jepa)
     return [
         *lines,
         f"Trial {control.number}: plain DreamerV3 (`jepa_coef: 0`), same budget and seed scheme as every trial: "
@@ -96,19 +95,19 @@ def _control_lines(study: optuna.Study, config: StudyConfig) -> list[str]:
     ]
 
 
-def _confirmation_lines(rows: list[dict[str, Any]], confirmed: list[dict[str, Any]], steps: int | None) -> list[str]:
-    complete = sum(r["return"] is not None for r in rows)
+def _confirmation_lines(rows: list[ConfirmRow], confirmed: list[ConfirmGroup], steps: int | None) -> list[str]:
+    complete = sum(r.value is not None for r in rows)
     table = [
         {
-            "configuration": g["configuration"],
-            "returns": ", ".join(f"{x:.1f}" for x in g["returns"]),
-            "mean [95% CI]": _with_ci(g["mean"], g["mean_ci"]),
-            "IQM [95% CI]": _with_ci(g["iqm"], g["iqm_ci"]),
-            "std": _fmt(g["std"]),
-            "range": f"{g['range']:.2f}",
+            "configuration": g.configuration,
+            "returns": ", ".join(f"{x:.1f}" for x in g.returns),
+            "mean [95% CI]": _with_ci(g.mean, g.mean_ci),
+            "IQM [95% CI]": _with_ci(g.iqm, g.iqm_ci),
+            "std": _fmt(g.std),
+            "range": f"{g.range:.2f}",
             "P(> control) [95% CI]": ""
-            if g.get("p_improvement") is None
-            else _with_ci(g["p_improvement"], g["p_improvement_ci"]),
+            if g.p_improvement is None or g.p_improvement_ci is None
+            else _with_ci(g.p_improvement, g.p_improvement_ci),
         }
         for g in confirmed
     ]
@@ -127,11 +126,10 @@ def _confirmation_lines(rows: list[dict[str, Any]], confirmed: list[dict[str, An
     ]
 
 
-def _diagnostic_lines(study: optuna.Study, config: StudyConfig, confirmed: list[dict[str, Any]]) -> list[str]:
+def _diagnostic_lines(study: optuna.Study, config: StudyConfig, confirmed: list[ConfirmGroup]) -> list[str]:
     """How far early evaluations predicted the final ones, and how much seeds alone move a configuration."""
     grace = config.grace_evaluations
-    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    curves = [curve(t) for t in complete if len(curve(t)) >= grace]
+    curves = [r.curve for r in records(study, (TrialState.COMPLETE,)) if len(r.curve) >= grace]
     if grace >= config.n_evaluations:
         rho = "n/a (the grace point is a trial's last evaluation: nothing earlier predicts the final return)"
     elif len(curves) < 3:
@@ -146,13 +144,13 @@ def _diagnostic_lines(study: optuna.Study, config: StudyConfig, confirmed: list[
         f"{grace}) and the final smoothed return of the complete trials: {rho}. Near 1, pruning at the grace point "
         "loses little; near 0 or below, it is a coin toss.",
     ]
-    spread = [g for g in confirmed if g["std"] is not None]
+    spread = [g for g in confirmed if g.std is not None]
     if spread:
-        widest = max(spread, key=lambda g: g["range"])
-        stds = ", ".join(f"{g['configuration']} {g['std']:.2f}" for g in spread)
+        widest = max(spread, key=lambda g: g.range)
+        stds = ", ".join(f"{g.configuration} {g.std:.2f}" for g in spread)
         lines.append(
-            f"- Seed-to-seed spread (confirmation): std {stds}; widest range {widest['range']:.2f} "
-            f"({widest['configuration']}). Differences in the search smaller than this are noise."
+            f"- Seed-to-seed spread (confirmation): std {stds}; widest range {widest.range:.2f} "
+            f"({widest.configuration}). Differences in the search smaller than this are noise."
         )
     else:
         lines.append(
@@ -185,9 +183,10 @@ def _settings_lines(config: StudyConfig) -> list[str]:
 
 
 def _trial_lines(study: optuna.Study, df: pd.DataFrame) -> list[str]:
-    skipped = [t.number for t in study.get_trials(deepcopy=False) if t.user_attrs.get(NOT_TRAINED_ATTR)]
+    skipped = [r.number for r in records(study) if r.not_trained]
     trained = df[~df["number"].isin(skipped)]
-    counts = {s: int((trained["state"] == s).sum()) for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")}
+    states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING, TrialState.WAITING)
+    counts = {s.name: int((trained["state"] == s.name).sum()) for s in states}
     seconds = float(pd.to_numeric(df["wall_time_s"], errors="coerce").fillna(0).sum())
     gpu_seconds = float(pd.to_numeric(df.loc[df["device"] == "cuda", "wall_time_s"], errors="coerce").fillna(0).sum())
     lines = [
@@ -199,20 +198,20 @@ def _trial_lines(study: optuna.Study, df: pd.DataFrame) -> list[str]:
         + (f"; {len(skipped)} not trained (nothing left to sample when they started)" if skipped else ""),
         "",
     ]
-    failed = trained[trained["state"] == "FAIL"]
+    failed = trained[trained["state"] == TrialState.FAIL.name]
     if len(failed):
         lines += ["Failed trials:", ""] + [f"- trial {r.number}: {r.fail_reason}" for r in failed.itertuples()] + [""]
     return lines
 
 
-def _best_lines(top: list[dict[str, Any]], output_dir: Path, ranked_by: str) -> list[str]:
+def _best_lines(top: list[TopEntry], output_dir: Path, ranked_by: str) -> list[str]:
     best = top[0]
     direct = f"sheeprl --config-path {shlex.quote(str(output_dir.resolve()))} --config-name best_config"
     return [
         "## Best configuration",
         "",
-        f"Trial {best['number']}{' (pruned: no trial completed)' if best['pruned'] else ''}: "
-        f"`{json.dumps(best['params'])}`, objective {best['objective']:.2f}; {ranked_by}.",
+        f"Trial {best.number}{' (pruned: no trial completed)' if best.pruned else ''}: "
+        f"`{json.dumps(best.params)}`, objective {best.objective:.2f}; {ranked_by}.",
         "",
         "## Phase 2",
         "",
@@ -222,7 +221,7 @@ def _best_lines(top: list[dict[str, Any]], output_dir: Path, ranked_by: str) -> 
         "",
         "or with explicit overrides:",
         "",
-        f"```bash\n{best['phase2_command']}\n```",
+        f"```bash\n{best.phase2_command}\n```",
         "",
     ]
 
@@ -231,13 +230,13 @@ def summary(
     study: optuna.Study,
     config: StudyConfig,
     df: pd.DataFrame,
-    top: list[dict[str, Any]],
+    top: list[TopEntry],
     output_dir: Path,
-    confirmation: tuple[list[dict[str, Any]], list[dict[str, Any]], int | None],
+    confirmation: tuple[list[ConfirmRow], list[ConfirmGroup], int | None],
 ) -> str:
     """The text of SUMMARY.md."""
     rows, confirmed, confirm_steps = confirmation
-    complete = int((df["state"] == "COMPLETE").sum())
+    complete = int((df["state"] == TrialState.COMPLETE.name).sum())
     lines = [f"# JEPA search summary: {study.study_name}", ""]
     if config.dry_run:
         lines += [
@@ -255,7 +254,7 @@ def summary(
     if top:
         ranked_by = (
             "ranked by the confirmation (IQM over seeds), then by the search's one seed"
-            if top[0]["ranked_by"] == "confirmation"
+            if top[0].ranked_by == "confirmation"
             else "ranked by the search's objective (one seed each)"
         )
         lines += ["## Top configurations", "", f"JEPA configurations (the control is not one), {ranked_by}.", ""]
