@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -72,26 +73,24 @@ def _step_counts(learner: Any) -> set[int]:
     }
 
 
-def check(args: argparse.Namespace) -> list[tuple[str, bool, str]]:
-    """Every check of every route: (what, passed, the numbers)."""
+def check(args: argparse.Namespace) -> Iterator[tuple[str, bool, str]]:
+    """Every check of every route as it is made (a route whose compilation runs out of time leaves the earlier
+    routes' answers): (what, passed, the numbers)."""
     plain, _ = _train(args, throughput.MODE_OVERRIDES["plain"], args.steps)
     fp32, _ = _train(args, throughput.MODE_OVERRIDES[throughput.FP32_REFERENCE], args.steps)
     scale = _distance(fp32, plain)
     _, control = _train(args, ZERO_LR, 2, reseed=True)
-    results = [
-        (
-            "control: reseeded steps draw the same noise",
-            control[0][NOISY_LOSS] == control[1][NOISY_LOSS],
-            f"{NOISY_LOSS} {control[0][NOISY_LOSS]:.6g} and {control[1][NOISY_LOSS]:.6g}",
-        )
-    ]
+    yield (
+        "control: reseeded steps draw the same noise",
+        control[0][NOISY_LOSS] == control[1][NOISY_LOSS],
+        f"{NOISY_LOSS} {control[0][NOISY_LOSS]:.6g} and {control[1][NOISY_LOSS]:.6g}",
+    )
     for route in args.routes:
         try:
-            results += _check_route(args, route, plain, scale)
+            yield from _check_route(args, route, plain, scale)
         except Exception as e:  # a capture that fails is this route's answer; the next route is still checked
             traceback.print_exc()
-            results.append((f"{route}: trains {args.steps} steps", False, f"{type(e).__name__}: {e}"))
-    return results
+            yield (f"{route}: trains {args.steps} steps", False, f"{type(e).__name__}: {e}")
 
 
 def _check_route(args: argparse.Namespace, route: str, plain: Any, scale: float) -> list[tuple[str, bool, str]]:
@@ -132,11 +131,12 @@ def main(argv: list[str] | None = None) -> int:
     import torch._inductor.config as inductor_config
 
     # Compiled random ops draw what eager ones draw: a compiled route's noise is then the plain step's
+    failed = False
     with inductor_config.patch(fallback_random=True):
-        results = check(args)
-    for what, passed, numbers in results:
-        print(f"{'PASS' if passed else 'FAIL'}  {what}: {numbers}", flush=True)
-    return 0 if all(passed for _, passed, _ in results) else 1
+        for what, passed, numbers in check(args):
+            print(f"{'PASS' if passed else 'FAIL'}  {what}: {numbers}", flush=True)
+            failed |= not passed
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
