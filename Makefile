@@ -2,7 +2,7 @@
 export MUJOCO_GL := egl
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: setup test test-quick demo lint
+.PHONY: setup test test-quick test-compiled demo lint
 
 setup:
 	bash scripts/setup.sh
@@ -14,6 +14,9 @@ test: setup
 
 test-quick: setup
 	.venv/bin/python -m pytest -q -p no:cacheprovider -m "not slow"
+
+test-compiled: setup
+	.venv/bin/python -m pytest -q -p no:cacheprovider -m compile
 
 demo: setup
 	bash scripts/demo.sh

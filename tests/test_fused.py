@@ -16,10 +16,8 @@ FAST = ("algo.horizon=5",)
 STEPS = 3
 
 
-@pytest.fixture(autouse=True)
-def no_distribution_validation(monkeypatch: pytest.MonkeyPatch) -> None:
-    # As in the trials (`distribution.validate_args: False`), which a captured step requires
-    monkeypatch.setattr(torch.distributions.Distribution, "_validate_args", False)
+# As in the trials (`distribution.validate_args: False`), which a captured step requires
+pytestmark = pytest.mark.usefixtures("no_distribution_validation")
 
 
 def _learner(fused: bool) -> Learner:
@@ -42,6 +40,7 @@ def _trained(learner: Learner) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.slow
+@pytest.mark.compile  # 2-4.5 minutes cold on 2 cores (13 s from inductor's cache): outside the suite's budget
 def test_fused_route_trains_like_the_plain_step_and_draws_fresh_noise():
     import torch._dynamo
     import torch._inductor.config as inductor_config
