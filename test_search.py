@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import time
+from contextlib import closing
 from pathlib import Path
 
 os.environ.setdefault("MUJOCO_GL", "egl")
@@ -38,7 +39,7 @@ from jepa_search.search import run_search, run_stages  # noqa: E402
 from jepa_search.stats import probability_of_improvement  # noqa: E402
 from jepa_search.study import open_study  # noqa: E402
 from tests.helpers import SMALL, markdown_rows, scripted_trainer, settings_from_argv, tensorboard_scalars  # noqa: E402
-from tests.postgres import postgres_server  # noqa: E402
+from tests.postgres import PostgresServer  # noqa: E402
 
 REPO = Path(__file__).resolve().parent
 pytestmark = pytest.mark.slow
@@ -477,7 +478,7 @@ def test_a_real_search_on_a_new_postgresql_server_rides_out_two_outages_and_ends
     argv = ["--env", "dmc", "--full-steps", "1280", "--fidelity-frac", "0.2", "--eval-every", "128", "--dry-run"]
     argv += ["--eval-episodes", "1", "--pruner", "none", "--no-control", "--n-trials", "2", "--seed0", "3"]
     argv += ["--heartbeat-interval", "1", "--storage-timeout", "8", "--output-dir", str(out)]
-    with postgres_server() as server:
+    with closing(PostgresServer()) as server:
         argv += ["--storage", server.url]  # a new server (no table yet), through the command line
 
         def outage() -> None:

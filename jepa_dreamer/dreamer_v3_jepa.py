@@ -214,7 +214,8 @@ def _save_checkpoint(
 
 
 def _close(*closers: Callable[[], None]) -> None:
-    """Close the environments. While an exception is on its way out, an error in closing them is logged, not raised
+    """Close the batch feed and the environments. While an exception is on its way out, an error in closing them is
+    logged, not raised
     in its place: Ctrl-C and Slurm's scancel signal the environments' processes too, whose pipes then break, and the
     interrupt must still reach the search."""
     failing = sys.exc_info()[1] is not None
@@ -320,8 +321,7 @@ def train(
         result.gradient_steps = learner.gradient_steps
         status = "success"
     finally:
-        closers = [env_loop.close, *([evaluator.close] if evaluator is not None else [])]
-        _close(*([feed.close] if feed is not None else []), *closers)
+        _close(*(part.close for part in (feed, env_loop, evaluator) if part is not None))
         if logger is not None:
             logger.finalize(status)
     result.seconds = time.perf_counter() - started

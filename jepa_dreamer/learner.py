@@ -86,9 +86,9 @@ class Learner:
         self.parts = step_parts(
             cfg, self.world_model, self.actor, self.critic, self.target_critic, compiled(jepa_loss, fabric, cfg)
         )
-        self._step_scope = step_scope if cfg.algo.compile_steps else contextlib.nullcontext
-        if cfg.algo.compile_fused:
-            self._step_scope = fused_scope
+        self._step_scope = (
+            fused_scope if cfg.algo.compile_fused else step_scope if cfg.algo.compile_steps else contextlib.nullcontext
+        )
         self.heads: JEPAHeads | None = None
         world_params = list(self.world_model.parameters())
         if self.jepa_coef > 0:

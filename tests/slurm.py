@@ -13,8 +13,6 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -138,12 +136,3 @@ def _alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
     except (FileNotFoundError, IndexError):
         return False
-
-
-@contextmanager
-def slurm_cluster() -> Iterator[SlurmCluster]:
-    cluster = SlurmCluster()
-    try:
-        yield cluster
-    finally:
-        cluster.close()

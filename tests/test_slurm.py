@@ -5,12 +5,13 @@ import os
 import shutil
 import tempfile
 import time
+from contextlib import closing
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from tests.slurm import slurm_cluster
+from tests.slurm import SlurmCluster
 
 REPO = Path(__file__).resolve().parents[1]
 # Trials of 384 steps with an evaluation and a checkpoint every 128: the control and a JEPA configuration
@@ -33,7 +34,7 @@ def test_a_job_array_of_workers_on_the_job_s_own_database_finishes_every_trial_o
     out, logs = root / "out", root / "logs"
     logs.mkdir()
     try:
-        with slurm_cluster() as cluster:
+        with closing(SlurmCluster()) as cluster:
             job = cluster.run(
                 "sbatch",
                 "--parsable",

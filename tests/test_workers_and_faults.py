@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import closing
 from pathlib import Path
 
 import optuna
@@ -22,7 +23,7 @@ from jepa_search.search import run_search
 from jepa_search.study import make_storage, open_study
 from jepa_search.validate import settings_from_args
 from tests.helpers import scripted_trainer
-from tests.postgres import postgres_server
+from tests.postgres import PostgresServer
 
 REPO = Path(__file__).resolve().parents[1]
 WORKERS = 4
@@ -156,7 +157,7 @@ def test_four_workers_on_one_sqlite_study_train_every_configuration_once_and_one
 @pytest.mark.slow
 def test_four_workers_share_one_postgresql_study_they_create_on_a_new_server(tmp_path):
     # A freshly made server: its database has no table yet, and every worker checks it as the command line does
-    with postgres_server() as server:
+    with closing(PostgresServer()) as server:
         out = tmp_path / "pg"
         argv = _args(out, "--n-trials", "10", "--storage", server.url)
         outputs = _run_workers(argv)
