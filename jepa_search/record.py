@@ -213,6 +213,11 @@ def store_settings(study: optuna.Study, fingerprint: dict[str, Any]) -> None:
     study.set_user_attr(_SETTINGS, fingerprint)
 
 
+def is_bare(study: optuna.Study) -> bool:
+    """Made and nothing more: no settings nor other user attributes, no trials."""
+    return not study.user_attrs and not study.get_trials(deepcopy=False)
+
+
 def stored_settings(study: optuna.Study) -> dict[str, Any] | None:
     """The settings a study was made with (None: it was not made by this tool)."""
     return study.user_attrs.get(_SETTINGS)

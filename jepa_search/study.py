@@ -10,8 +10,9 @@ import datetime
 import itertools
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import optuna
 from optuna.storages import RDBStorage, fail_stale_trials
@@ -25,6 +26,7 @@ from jepa_search.record import (
     TrialRecord,
     enqueue_control,
     fail_running,
+    is_bare,
     records,
     storage_of,
     store_confirm_steps,
@@ -38,8 +40,12 @@ from jepa_search.settings import SearchSettings, mask_password
 from jepa_search.storage import PatientStorage, pool_sizes
 from jepa_search.validate import UsageError
 
+T = TypeVar("T")
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 CLAIM_TIMEOUT_S = 10.0
+# Making a study and storing its settings are two commits: how long a worker that finds a study without settings (and
+# without trials) waits for its creator to store them before it takes the study over
+CREATION_WAIT_S = 30.0
 # The table every Optuna RDB storage has: a database with tables but without it is not a study database
 OPTUNA_TABLE = "studies"
 
@@ -172,7 +178,11 @@ def check_resumable(settings: SearchSettings) -> None:
             raise missing
         return
     study = optuna.load_study(study_name=settings.study_name, storage=storage)
-    stored = stored_settings(study)
+    stored = _once_made(study, stored_settings)
+    if stored is None and is_bare(study):
+        if settings.confirm_only:
+            raise missing
+        return  # its creator stopped before storing the settings: `open_study` takes it over
     if stored is None:
         raise UsageError(f"--study-name {settings.study_name} exists but was not made by this tool; pick another name")
     current = settings.fingerprint()
@@ -183,8 +193,8 @@ def check_resumable(settings: SearchSettings) -> None:
         )
     confirm_name = confirm_study_name(settings.study_name)
     if settings.confirm_top_k and confirm_name in names:
-        steps = stored_confirm_steps(optuna.load_study(study_name=confirm_name, storage=storage))
-        if steps != settings.confirm_steps:
+        steps = _once_made(optuna.load_study(study_name=confirm_name, storage=storage), stored_confirm_steps)
+        if steps is not None and steps != settings.confirm_steps:
             raise UsageError(
                 f"--confirm-steps {settings.confirm_steps}: the confirmation of {settings.study_name} trains {steps} "
                 f"steps per run; use --confirm-steps {steps} (runs of other budgets do not compare)"
@@ -195,7 +205,8 @@ def open_study(settings: SearchSettings) -> optuna.Study:
     """Create the study or load it (after `check_resumable`), with the sampler and pruner of `settings`.
 
     Only the worker whose creation succeeds (the storage refuses a second study of the name) stores the settings and
-    queues the control, so the control is queued once however many workers start together or resume."""
+    queues the control, so the control is queued once however many workers start together or resume; a study whose
+    creator stopped before storing them is taken over by the next worker, once `CREATION_WAIT_S` has passed."""
     kwargs: dict[str, Any] = {
         "study_name": settings.study_name,
         "storage": make_storage(settings),
@@ -205,12 +216,23 @@ def open_study(settings: SearchSettings) -> optuna.Study:
     try:
         study = optuna.create_study(directions=settings.directions, **kwargs)
     except optuna.exceptions.DuplicatedStudyError:
-        return optuna.load_study(**kwargs)
+        study = optuna.load_study(**kwargs)
+        if _once_made(study, stored_settings) is not None or not is_bare(study):
+            return study
     _name_metrics(study, [OBJECTIVES[name].metric for name in settings.objectives])
     store_settings(study, settings.fingerprint())
     if settings.control:
         enqueue_control(study)
     return study
+
+
+def _once_made(study: optuna.Study, read: Callable[[optuna.Study], T | None]) -> T | None:
+    """What `read` finds in the study; for a bare study, what its creator is about to store, waited for up to
+    `CREATION_WAIT_S` (None: not made by this tool, or bare still)."""
+    deadline = time.monotonic() + CREATION_WAIT_S
+    while (stored := read(study)) is None and is_bare(study) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return stored
 
 
 def _name_metrics(study: optuna.Study, names: list[str]) -> None:
@@ -235,7 +257,9 @@ def open_confirm_study(settings: SearchSettings) -> optuna.Study:
     try:
         study = optuna.create_study(direction="maximize", **kwargs)
     except optuna.exceptions.DuplicatedStudyError:
-        return optuna.load_study(**kwargs)
+        study = optuna.load_study(**kwargs)
+        if _once_made(study, stored_confirm_steps) is not None or not is_bare(study):
+            return study
     _name_metrics(study, [OBJECTIVES["return"].metric])
     store_confirm_steps(study, settings.confirm_steps)
     return study

@@ -9,16 +9,21 @@ import os
 import sqlite3
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
+import optuna
 import pytest
 
+from jepa_search import study as study_module
 from jepa_search.cli import main
 from jepa_search.overrides import trial_overrides
+from jepa_search.record import records, store_settings, stored_settings
 from jepa_search.results import smoothed
 from jepa_search.settings import mask_password
 from jepa_search.space import DEFAULT_SPACE_FILE, load_space, to_overrides
 from jepa_search.study import check_resumable, open_confirm_study, open_study
+from jepa_search.validate import UsageError
 from tests.helpers import base_args, settings_for
 
 REPO = Path(__file__).resolve().parents[1]
@@ -181,6 +186,36 @@ def test_resume_with_other_settings_names_the_differences(tmp_path, capsys):
     assert "eval_episodes: stored 10, now 3" in err and "sampler: stored 'random', now 'tpe'" in err
     assert (tmp_path / "out" / "study.db").read_bytes() == before
     assert sorted(os.listdir(tmp_path / "out")) == ["study.db"]
+
+
+def _bare_study(tmp_path: Path):
+    """A study as another worker's `open_study` leaves it between its two commits: made, settings not yet stored."""
+    s = settings_for(tmp_path)
+    (tmp_path / "out").mkdir()
+    return s, optuna.create_study(study_name=s.study_name, storage=s.storage)
+
+
+def test_a_study_seen_before_its_creator_stored_the_settings_is_checked_against_them(tmp_path):
+    s, study = _bare_study(tmp_path)
+    # The creator (here a timer) stores settings of 3 evaluation episodes half a second later: the check waits for
+    # them, where it used to call the study "not made by this tool" (4 workers started together on one database)
+    creator = threading.Timer(0.5, store_settings, (study, {**s.fingerprint(), "eval_episodes": 3}))
+    creator.start()
+    with pytest.raises(UsageError, match="eval_episodes: stored 3, now 10"):
+        check_resumable(s)
+    creator.join()
+
+
+def test_a_study_left_bare_by_its_creator_is_taken_over_and_one_with_trials_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(study_module, "CREATION_WAIT_S", 0.3)
+    s, study = _bare_study(tmp_path)
+    check_resumable(s)
+    taken = open_study(s)
+    assert stored_settings(taken) == s.fingerprint() and [r.control for r in records(taken)] == [True]
+    other = optuna.create_study(study_name="someone-else", storage=s.storage)
+    other.add_trial(optuna.trial.create_trial(value=1.0))
+    with pytest.raises(UsageError, match="exists but was not made by this tool"):
+        check_resumable(dataclasses.replace(s, study_name="someone-else"))
 
 
 def test_confirm_steps_other_than_the_confirmation_s_are_refused(tmp_path, capsys):
