@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import optuna
+from optuna.exceptions import StorageInternalError
 from optuna.storages import RDBStorage, fail_stale_trials
 from optuna.trial import TrialState
 from sqlalchemy import create_engine, event, inspect
@@ -63,23 +64,36 @@ def make_storage(settings: SearchSettings) -> PatientStorage:
         if sqlite
         else {"pool_pre_ping": True, **pool_sizes(settings.trials_per_process)}
     )
+
+    def make() -> PatientStorage:
+        storage = PatientStorage(
+            settings.storage,
+            settings.storage_timeout,
+            engine_kwargs=engine_kwargs,
+            heartbeat_interval=settings.heartbeat_interval,
+            grace_period=2 * settings.heartbeat_interval,
+            heartbeat_stale_trial_callback=Lineage(settings.output_dir, settings.max_retries).lost,
+        )
+        if sqlite:
+            event.listen(storage.engine, "begin", _begin_immediate)
+        return storage
+
+    return _despite_creation_races(make)
+
+
+def _despite_creation_races(make: Callable[[], T]) -> T:
+    """`make()`, tried again while workers started together on a new database race to create its tables (one
+    "already exists", or another does not yet) and to stamp its schema version (a unique row): the losers find them
+    made at their next try."""
     for attempt in itertools.count(1):
         try:
-            storage = PatientStorage(
-                settings.storage,
-                settings.storage_timeout,
-                engine_kwargs=engine_kwargs,
-                heartbeat_interval=settings.heartbeat_interval,
-                grace_period=2 * settings.heartbeat_interval,
-                heartbeat_stale_trial_callback=Lineage(settings.output_dir, settings.max_retries).lost,
+            return make()
+        except (SQLAlchemyError, StorageInternalError) as e:
+            cause = e.__cause__ if isinstance(e, StorageInternalError) else e  # Optuna wraps the database's error
+            racing = isinstance(cause, IntegrityError) or any(
+                words in str(cause) for words in ("already exists", "does not exist", "no such table")
             )
-            if sqlite:
-                event.listen(storage.engine, "begin", _begin_immediate)
-            return storage
-        except SQLAlchemyError as e:
-            # Workers started together on a new database race to create its tables ("table ... already exists") and
-            # to stamp its schema version (a unique row): the losers find both made at their next try
-            if attempt == 3 or not (isinstance(e, IntegrityError) or "already exists" in str(e)):
+            if attempt == 3 or not racing:
                 raise
             time.sleep(0.5)
 
@@ -161,7 +175,7 @@ def check_resumable(settings: SearchSettings) -> None:
         if OPTUNA_TABLE not in tables:
             storage, names = None, []
         else:
-            storage = RDBStorage(settings.storage, skip_table_creation=True)
+            storage = _despite_creation_races(lambda: RDBStorage(settings.storage, skip_table_creation=True))
             names = optuna.get_all_study_names(storage)
     except Exception as e:  # corrupted file, a database of another Optuna version
         cause = str(e).splitlines()[0][:200]

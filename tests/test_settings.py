@@ -14,6 +14,9 @@ from pathlib import Path
 
 import optuna
 import pytest
+import sqlalchemy
+from optuna.storages import RDBStorage
+from optuna.storages._rdb import models
 
 from jepa_search import study as study_module
 from jepa_search.cli import main
@@ -216,6 +219,19 @@ def test_a_study_left_bare_by_its_creator_is_taken_over_and_one_with_trials_is_r
     other.add_trial(optuna.trial.create_trial(value=1.0))
     with pytest.raises(UsageError, match="exists but was not made by this tool"):
         check_resumable(dataclasses.replace(s, study_name="someone-else"))
+
+
+def test_a_database_another_worker_is_still_creating_is_waited_for(tmp_path):
+    s = settings_for(tmp_path)
+    (tmp_path / "out").mkdir()
+    engine = sqlalchemy.create_engine(s.storage)
+    models.BaseModel.metadata.tables["studies"].create(engine)  # the first of a new database's tables, alone
+    # Its creator makes the rest a moment later: the check used to call the database unreadable ("no such table")
+    creator = threading.Timer(0.3, RDBStorage, (s.storage,))
+    creator.start()
+    check_resumable(s)
+    creator.join()
+    engine.dispose()
 
 
 def test_confirm_steps_other_than_the_confirmation_s_are_refused(tmp_path, capsys):
