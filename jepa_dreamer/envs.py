@@ -27,24 +27,29 @@ def render_headless() -> None:
 FORKSERVER_PRELOAD = ("sheeprl.utils.env", "jepa_dreamer.envs")
 
 
-def with_shadow_size(thunk: Callable[[], gym.Env], size: int) -> gym.Env:
-    """The environment `thunk` makes, its MuJoCo scene rendered with a shadow map of `size` pixels (0: no shadows).
-    Set before its first frame, when MuJoCo makes the rendering context that reads it; an environment without
-    MuJoCo is left as it is."""
+def with_render_quality(thunk: Callable[[], gym.Env], shadow_size: int | None, samples: int | None) -> gym.Env:
+    """The environment `thunk` makes, its MuJoCo scene rendered with a shadow map of `shadow_size` pixels (0: no
+    shadows) and `samples` anti-aliasing samples per pixel (0: none), each where given. Set before its first frame,
+    when MuJoCo makes the rendering context that reads them; an environment without MuJoCo is left as it is."""
     env = thunk()
     # SheepRL's DMC wrapper holds the dm_control environment as `env`
     physics = getattr(getattr(env.unwrapped, "env", None), "physics", None)
     if physics is not None:
-        physics.model.vis.quality.shadowsize = size
+        quality = physics.model.vis.quality
+        if shadow_size is not None:
+            quality.shadowsize = shadow_size
+        if samples is not None:
+            quality.offsamples = samples
     return env
 
 
 def make_vector_env(cfg: dict[str, Any], thunks: Sequence[Callable[[], gym.Env]]) -> gym.vector.VectorEnv:
-    """SheepRL's vector env (`env.sync_env`), with `env.shadow_size` when set. Parallel environments start from a
-    fork server, not by forking this process: a fork of a process that already renders (EGL) or runs torch threads
-    can deadlock in the child."""
-    if cfg.env.get("shadow_size") is not None:
-        thunks = [functools.partial(with_shadow_size, thunk, int(cfg.env.shadow_size)) for thunk in thunks]
+    """SheepRL's vector env (`env.sync_env`), rendered as `env.shadow_size` and `env.render_samples` say. Parallel
+    environments start from a fork server, not by forking this process: a fork of a process that already renders
+    (EGL) or runs torch threads can deadlock in the child."""
+    shadow_size, samples = cfg.env.get("shadow_size"), cfg.env.get("render_samples")
+    if shadow_size is not None or samples is not None:
+        thunks = [functools.partial(with_render_quality, thunk, shadow_size, samples) for thunk in thunks]
     if cfg.env.sync_env:
         return get_vector_env_cls(True)(list(thunks))
     # Taken when the fork server starts (the first parallel env of the process); `__main__` is multiprocessing's own

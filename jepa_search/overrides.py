@@ -19,6 +19,7 @@ DRY_RUN_OVERRIDES = (
     "env.num_envs=2",
     "env.sync_env=False",
     "env.shadow_size=0",
+    "env.render_samples=0",
     "env.action_repeat=1",
     "env.max_episode_steps=100",
     "algo.learning_starts=256",

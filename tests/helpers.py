@@ -28,6 +28,7 @@ TINY_RUN = (
     "fabric.accelerator=cpu",
     "env.num_envs=2",
     "env.shadow_size=0",
+    "env.render_samples=0",
     "env.max_episode_steps=100",
     "env.capture_video=False",
     "algo.learning_starts=64",

@@ -131,3 +131,25 @@ def test_process_settings_are_held_by_runs_side_by_side_and_restored_after_the_l
         with pytest.raises(ValueError, match="must share the process settings"), process_settings(two):
             pass
     assert torch.get_num_threads() == before
+
+
+@pytest.mark.slow
+def test_environments_render_with_the_shadows_and_anti_aliasing_their_config_gives():
+    from sheeprl.utils.env import make_env
+
+    from jepa_dreamer.envs import make_vector_env
+
+    frames = {}
+    # The tiny run's (a dry run's): neither; DMC's own: a 2048-pixel shadow map, 4 samples per pixel
+    for overrides, quality in [((), (0, 0)), (("env.shadow_size=null", "env.render_samples=null"), (2048, 4))]:
+        cfg = resolved_cfg("env.sync_env=True", "env.num_envs=1", *overrides)
+        envs = make_vector_env(cfg, [make_env(cfg, 0, 0, None, "eval", vector_env_idx=0)])
+        try:
+            frames[quality] = envs.reset(seed=[0])[0]["rgb"].astype(float)
+            model = envs.envs[0].unwrapped.env.physics.model
+            assert (model.vis.quality.shadowsize, model.vis.quality.offsamples) == quality
+        finally:
+            envs.close()
+    plain, dmc = frames.values()
+    assert plain.shape == (1, 3, 64, 64) and plain.std() > 0
+    assert 0 < abs(plain - dmc).mean() < 10  # the same scene, drawn otherwise
