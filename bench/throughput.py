@@ -101,12 +101,13 @@ COMMON_OVERRIDES = (
 )
 TINY_OVERRIDES = (
     "env.num_envs=2",
+    "env.action_repeat=1",
     "env.max_episode_steps=100",
     "algo.learning_starts=128",
     "buffer.size=4096",
 )
 EVAL_OVERRIDES = ("algo.eval.every=0",)  # evaluated once, after the window
-TINY_EVAL_OVERRIDES = ("algo.eval.episodes=2", "algo.eval.num_envs=2")
+TINY_EVAL_OVERRIDES = ("algo.eval.episodes=1", "algo.eval.num_envs=1")
 
 
 class BenchDone(Exception):
@@ -602,7 +603,11 @@ def environment(args: argparse.Namespace) -> str:
 
     versions = ", ".join(f"{p} {version(p)}" for p in ("torch", "sheeprl", "mujoco", "dm-control"))
     device = torch.cuda.get_device_name(0) if args.accelerator == "cuda" else f"CPU ({os.cpu_count()} cores)"
-    config = "tiny model, 2 envs, 100-step episodes" if args.tiny else "model S, bf16, 4 envs, replay ratio 0.5"
+    config = (
+        "tiny model, 2 envs, no action repeat, 100-step episodes"
+        if args.tiny
+        else "model S, bf16, 4 envs, replay ratio 0.5"
+    )
     return f"{device}; {versions}; python {platform.python_version()}; walker-walk 64x64 pixels, {config}"
 
 
