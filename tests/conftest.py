@@ -21,7 +21,6 @@ LONGEST_FILES = (
     "test_workers_and_faults.py",
     "test_throughput.py",
     "test_scripted_search.py",
-    "test_jepa.py",
     "test_slurm.py",
 )
 

@@ -194,6 +194,7 @@ class _Capture:
 
 
 @pytest.mark.slow
+@pytest.mark.compile  # about 50 s of compilation on 2 cores, twice that beside another test: outside the budget
 def test_compiled_recurrent_steps_train_like_the_plain_step():
     # Our compiled route (algo.compile_steps) from the same weights and random stream (`fallback_random`: compiled
     # random operators draw what eager ones draw): the same losses, gradient ratio and updated weights. As in
