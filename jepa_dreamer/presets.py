@@ -1,5 +1,6 @@
 """Named sets of config keys and overrides that callers of the algorithm use without loading it (no torch here): the
-compiled routes' keys, a model small enough for a CPU, and the outputs of a run under one folder."""
+compiled routes' keys, a model small enough for a CPU and a scene cheap to draw on one, and the outputs of a run
+under one folder."""
 
 # The compiled routes of a gradient step and the key that turns each on (all off: the plain step). `steps`, `graph`
 # and `fused` are ours (`jepa_dreamer/compiled.py`, `graphed.py`, `fused.py`), `losses` SheepRL's `algo.compile`
@@ -28,6 +29,9 @@ TINY_MODEL_OVERRIDES: tuple[str, ...] = (
     "algo.jepa_hidden=64",
     "fabric.precision=32-true",
 )
+
+# DMC drawn without shadows or anti-aliasing: most of a CPU's time per 64x64 frame (docs/PERFORMANCE.md)
+CPU_RENDER_OVERRIDES: tuple[str, ...] = ("env.shadow_size=0", "env.render_samples=0")
 
 
 def output_overrides(folder: str, run_name: str) -> list[str]:

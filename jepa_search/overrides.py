@@ -6,7 +6,7 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from jepa_dreamer.presets import COMPILE_KEYS, TINY_MODEL_OVERRIDES, output_overrides
+from jepa_dreamer.presets import COMPILE_KEYS, CPU_RENDER_OVERRIDES, TINY_MODEL_OVERRIDES, output_overrides
 from jepa_search.experiments import EXPERIMENTS, env_overrides
 from jepa_search.settings import SearchSettings, StudyConfig
 from jepa_search.space import to_overrides
@@ -18,8 +18,7 @@ DRY_RUN_OVERRIDES = (
     "algo.per_rank_sequence_length=16",
     "env.num_envs=2",
     "env.sync_env=False",
-    "env.shadow_size=0",
-    "env.render_samples=0",
+    *CPU_RENDER_OVERRIDES,
     "env.action_repeat=1",
     "env.max_episode_steps=100",
     "algo.learning_starts=256",

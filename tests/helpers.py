@@ -15,7 +15,7 @@ from wandb.proto import wandb_internal_pb2 as pb
 
 from jepa_dreamer.dreamer_v3_jepa import Cancelled, TrainResult
 from jepa_dreamer.evaluate import EvalResult
-from jepa_dreamer.presets import TINY_MODEL_OVERRIDES
+from jepa_dreamer.presets import CPU_RENDER_OVERRIDES, TINY_MODEL_OVERRIDES
 from jepa_dreamer.runner import compose_config
 from jepa_search.parser import build_parser
 from jepa_search.settings import SearchSettings
@@ -27,8 +27,7 @@ TINY_RUN = (
     *TINY_MODEL_OVERRIDES,
     "fabric.accelerator=cpu",
     "env.num_envs=2",
-    "env.shadow_size=0",
-    "env.render_samples=0",
+    *CPU_RENDER_OVERRIDES,
     "env.max_episode_steps=100",
     "env.capture_video=False",
     "algo.learning_starts=64",
