@@ -84,6 +84,24 @@ def _check_storage(storage: str) -> None:
                     )
 
 
+def _check_wandb(project: str | None) -> None:
+    """W&B online needs credentials: without them every trial would fail at its start. Read locally (no request: a
+    cluster's compute nodes are often offline), and only when asked for (importing W&B takes a second)."""
+    if project is None:
+        return
+    import wandb
+
+    if wandb.setup().settings.mode in ("offline", "dryrun", "disabled"):
+        return
+    fix = "set WANDB_MODE=offline to log to files (`wandb sync` them later)"
+    try:
+        logged_in = wandb.login(prompt=False, verify=False)
+    except wandb.errors.AuthenticationError as e:
+        raise UsageError(f"--wandb-project {project}: {e}; fix it, or {fix}") from None
+    if not logged_in:
+        raise UsageError(f"--wandb-project {project}: W&B has no API key here; run `wandb login`, or {fix}")
+
+
 def _check_overrides(overrides: list[str]) -> tuple[str, ...]:
     for o in overrides:
         key, eq, _ = o.partition("=")
@@ -237,6 +255,7 @@ def settings_from_args(args: argparse.Namespace) -> SearchSettings:
     _check_output_dir(output_dir)
     storage = args.storage or default_storage(output_dir)
     _check_storage(storage)
+    _check_wandb(args.wandb_project)
     gpus = _check_gpus(args.device, args.gpus)
     try:
         space = load_space(args.search_space)

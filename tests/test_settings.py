@@ -149,6 +149,38 @@ def test_bad_search_space_files(tmp_path, capsys, content, message):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.fixture
+def wandb_online(tmp_path, monkeypatch):
+    """W&B online, with no credentials anywhere it looks (its settings are read once per process: read afresh)."""
+    import wandb
+
+    monkeypatch.setenv("WANDB_MODE", "online")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    wandb.teardown()
+    yield
+    wandb.teardown()
+
+
+@pytest.mark.parametrize(
+    "key,message",
+    [(None, "W&B has no API key here; run `wandb login`"), ("short", "WANDB_API_KEY invalid")],
+)
+def test_wandb_online_without_credentials_is_refused_before_training(
+    tmp_path, capsys, monkeypatch, wandb_online, key, message
+):
+    if key:
+        monkeypatch.setenv("WANDB_API_KEY", key)
+    assert main(base_args(tmp_path, "--wandb-project", "jepa")) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"--wandb-project jepa: {message}" in err and "WANDB_MODE=offline" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+    monkeypatch.setenv("WANDB_API_KEY", "k" * 40)  # a key (not checked with the server) or offline mode: accepted
+    assert settings_for(tmp_path, "--wandb-project", "jepa").wandb_project == "jepa"
+
+
 def test_unwritable_output_dir(tmp_path, capsys):
     (tmp_path / "file").write_text("x")
     assert main(base_args(tmp_path, "--output-dir", str(tmp_path / "file" / "out"))) == 2
