@@ -1,4 +1,4 @@
-"""Checkpoints that a kill at any moment leaves readable, and the newest readable one of a run.
+"""Checkpoints that a kill at any moment leaves readable.
 
 SheepRL's `CheckpointCallback` writes the checkpoint and its replay-buffer file in place: a kill during the write
 leaves a torn file where the newest checkpoint was, and with `checkpoint.keep_last=1` the only one. Our callback has
@@ -9,20 +9,13 @@ checkpoint is never there without its buffer), and only then deletes the ones be
 from __future__ import annotations
 
 import os
-import zipfile
-from pathlib import Path
 from typing import Any
 
 from lightning.fabric import Fabric
 from sheeprl.utils import fs
 from sheeprl.utils.callback import CheckpointCallback
 
-STAGING = "checkpoint_staging"
-
-
-def checkpoint_step(path: Path) -> int:
-    """The policy step of a SheepRL checkpoint, from its name `ckpt_<step>_<rank>.ckpt`."""
-    return int(path.stem.split("_")[1])
+from jepa_dreamer.checkpoint_files import STAGING
 
 
 def _commit(source: str, target: str) -> None:
@@ -63,18 +56,3 @@ class AtomicCheckpointCallback:
                 checkpoints = fs.checkpoints(folder)
                 for old in checkpoints[: max(len(checkpoints) - self.keep_last, 0)]:
                     fs.remove_checkpoint(old, folder)
-
-
-def unreadable(path: Path) -> str | None:
-    """Why the checkpoint `path` (or one of its replay-buffer files) cannot be read, or None when it can: every
-    member of their archives is read and checked against its CRC, without unpickling anything."""
-    files = [path, *sorted(path.parents[1].glob(f"checkpoint_buffers/ckpt_{checkpoint_step(path)}_buffer_rank_*.pt"))]
-    for file in files:
-        try:
-            with zipfile.ZipFile(file) as archive:
-                bad = archive.testzip()
-        except (OSError, zipfile.BadZipFile) as e:
-            return f"{file}: {type(e).__name__}: {e}"
-        if bad is not None:
-            return f"{file}: {bad} is corrupt"
-    return None

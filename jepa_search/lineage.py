@@ -19,7 +19,7 @@ import optuna
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
-from jepa_dreamer.checkpoint import STAGING, checkpoint_step, unreadable
+from jepa_dreamer.checkpoint_files import STAGING, checkpoint_step, unreadable
 from jepa_search.record import TrialRecord
 from jepa_search.results import HistoryRow, TrialResult, read_history
 

@@ -54,3 +54,15 @@ def test_every_module_is_in_the_readme_table_and_imports_only_lower_layers():
             if module in layers and module != name and layers[module] >= layers[name]:
                 upward.append(f"{name} (layer {layers[name]}) imports {module} (layer {layers[module]})")
     assert not upward, "\n".join(sorted(upward))
+
+
+def test_the_study_s_modules_load_no_training_stack():
+    # What opens, checks and shares a study (a worker's claim, the tests' racing workers) starts in a fraction of a
+    # second: torch, Lightning and SheepRL take seconds of CPU to import in every process
+    import subprocess
+    import sys
+
+    light = ["jepa_search.study", "jepa_search.storage", "jepa_search.validate", "jepa_search.parser"]
+    code = f"import sys, {', '.join(light)}; print(sorted({{'torch', 'lightning', 'sheeprl'}} & set(sys.modules)))"
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]", done.stdout

@@ -7,7 +7,7 @@ import pytest
 import torch
 from lightning.fabric import Fabric
 
-from jepa_dreamer.checkpoint import STAGING, unreadable
+from jepa_dreamer.checkpoint_files import STAGING, unreadable
 from jepa_dreamer.evaluate import EvalResult
 from jepa_dreamer.learner import Learner
 from jepa_dreamer.presets import output_overrides

@@ -98,19 +98,20 @@ def test_workers_started_at_the_same_moment_on_a_new_database_all_open_it(tmp_pa
         assert [p.exitcode for p in procs] == [0] * 8, f"round {round_}"
 
 
-# A worker taking queued trials from the study as fast as it can, once every worker is ready; prints their numbers
+# A worker taking queued trials from the study as fast as it can, once every worker is ready (a line on its stdin);
+# prints their numbers. Light: the study's modules load no training stack (tests/test_layout.py)
 TAKE_QUEUED = """
-import sys, time
+import sys
 import optuna
 from jepa_search.parser import build_parser
 from jepa_search.study import make_storage
 from jepa_search.validate import settings_from_args
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
-settings = settings_from_args(build_parser().parse_args(sys.argv[2:]))
+settings = settings_from_args(build_parser().parse_args(sys.argv[1:]))
 study = optuna.load_study(study_name=settings.study_name, storage=make_storage(settings))
-while time.time() < float(sys.argv[1]):
-    time.sleep(0.001)
+print("ready", flush=True)
+sys.stdin.readline()
 print([study.ask().number for _ in range(15)])
 """
 
@@ -123,11 +124,20 @@ def test_workers_taking_queued_trials_at_the_same_moment_never_take_the_same_one
     study = open_study(settings)  # queues the control (trial 0)
     for i in range(1, 30):
         study.enqueue_trial({}, user_attrs={"queued": i})
-    start = str(time.time() + 3)
     procs = [
-        subprocess.Popen([sys.executable, "-c", TAKE_QUEUED, start, *argv], cwd=REPO, stdout=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, "-c", TAKE_QUEUED, *argv],
+            cwd=REPO,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         for _ in range(WORKERS)
     ]
+    assert [p.stdout.readline() for p in procs] == ["ready\n"] * WORKERS
+    for p in procs:  # all at once
+        p.stdin.write("go\n")
+        p.stdin.flush()
     taken = [n for p in procs for n in json.loads(p.communicate(timeout=120)[0])]
     assert all(p.returncode == 0 for p in procs)
     assert len(taken) == len(set(taken)) == 15 * WORKERS and set(range(30)) <= set(taken)
