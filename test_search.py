@@ -38,7 +38,14 @@ from jepa_search.results import HISTORY_COLUMNS  # noqa: E402
 from jepa_search.search import run_search, run_stages  # noqa: E402
 from jepa_search.stats import probability_of_improvement  # noqa: E402
 from jepa_search.study import open_study  # noqa: E402
-from tests.helpers import SMALL, markdown_rows, scripted_trainer, settings_from_argv, tensorboard_scalars  # noqa: E402
+from tests.helpers import (  # noqa: E402
+    ENVS_IN_PROCESS,
+    SMALL,
+    markdown_rows,
+    scripted_trainer,
+    settings_from_argv,
+    tensorboard_scalars,
+)
 from tests.postgres import PostgresServer  # noqa: E402
 
 REPO = Path(__file__).resolve().parent
@@ -273,6 +280,7 @@ def test_a_trial_in_a_subprocess_on_our_compiled_route_and_its_phase2_command_ke
     out = tmp_path / "compiled"
     argv = [*SMALL, "--fidelity-frac", "0.1", "--eval-every", "128", "--n-trials", "1", "--no-control"]
     argv += ["--pruner", "none", "--compile", "steps", "--isolation", "subprocess", "--output-dir", str(out)]
+    argv += ENVS_IN_PROCESS
     assert main(argv) == 0
     folder = out / "trial_0"
     results = json.loads((folder / "results.json").read_text())
@@ -395,7 +403,7 @@ def _log_lines(out: Path) -> list[str]:
 # interval (60 s), so that only recognising the dead worker at once can finish the study without waiting out two
 # heartbeats; as many retries as kills, so that no configuration is given up (the default gives up after 2)
 KILL_ARGV = [*SMALL, "--eval-every", "128", "--eval-episodes", "1", "--pruner", "none", "--n-trials", "2"]
-KILL_ARGV += ["--max-retries", "5"]
+KILL_ARGV += ["--max-retries", "5", *ENVS_IN_PROCESS]
 KILL_MOMENTS = {
     "start-up": lambda out, log: log.exists() and "study jepa-phase1" in log.read_text(),
     "training": lambda out, log: any(out.glob("trial_*/run/version_*/checkpoint/*.ckpt")),
@@ -477,7 +485,7 @@ def test_a_real_search_on_a_new_postgresql_server_rides_out_two_outages_and_ends
     # Two trials of 256 steps with an evaluation (a report) and a checkpoint every 128, heartbeats every second
     argv = ["--env", "dmc", "--full-steps", "1280", "--fidelity-frac", "0.2", "--eval-every", "128", "--dry-run"]
     argv += ["--eval-episodes", "1", "--pruner", "none", "--no-control", "--n-trials", "2", "--seed0", "3"]
-    argv += ["--heartbeat-interval", "1", "--storage-timeout", "8", "--output-dir", str(out)]
+    argv += ["--heartbeat-interval", "1", "--storage-timeout", "8", "--output-dir", str(out), *ENVS_IN_PROCESS]
     with closing(PostgresServer()) as server:
         argv += ["--storage", server.url]  # a new server (no table yet), through the command line
 

@@ -80,6 +80,11 @@ SMALL = [
     "3",
 ]
 
+# A search of one process stepping its two environments in that process: a process's environment processes start
+# from a fork server, which imports SheepRL (3-4 s of CPU) before the first step. For the tests' small searches,
+# started again and again; the README's quick check, the Slurm job and trials side by side keep environment processes
+ENVS_IN_PROCESS = ["--override", "env.sync_env=True"]
+
 # DMC walker from 64x64 pixels, without creating the environment
 OBS_SPACE = gym.spaces.Dict({"rgb": gym.spaces.Box(0, 255, (3, 64, 64), np.uint8)})
 ACTIONS = 6
