@@ -31,11 +31,10 @@ import yaml  # noqa: E402
 
 from jepa_dreamer.runner import run  # noqa: E402
 from jepa_search.cli import main  # noqa: E402
-from jepa_search.objective import Objective  # noqa: E402
 from jepa_search.progress import printer  # noqa: E402
 from jepa_search.record import TrialRecord, is_control  # noqa: E402
 from jepa_search.results import HISTORY_COLUMNS  # noqa: E402
-from jepa_search.search import run_search, run_stages  # noqa: E402
+from jepa_search.search import run_stages  # noqa: E402
 from jepa_search.stats import probability_of_improvement  # noqa: E402
 from jepa_search.study import open_study  # noqa: E402
 from tests.helpers import (  # noqa: E402
@@ -230,7 +229,7 @@ def test_rerun_adds_nothing_and_a_higher_n_trials_adds_the_difference(seed_searc
     # Five trials asked: exactly one more (the scripted trainer stands in: what is under test is the count)
     argv[argv.index("--n-trials") + 1] = "5"
     settings = settings_from_argv(argv)
-    assert run_search(open_study(settings), settings, Objective(settings, print, trainer=scripted_trainer)) == 0
+    assert run_stages(open_study(settings), settings, print, scripted_trainer) == 0
     assert len(_study(out).get_trials()) == 5 and (out / "trial_4" / "results.json").exists()
     assert len(pd.read_csv(out / "results.csv")) == 5  # the artifacts follow the study
 

@@ -13,8 +13,11 @@ rebuilt from that study by the report.
 
 from __future__ import annotations
 
+import math
 import signal
+import time
 from collections.abc import Callable
+from pathlib import Path
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -37,13 +40,38 @@ class Interrupted(KeyboardInterrupt):
     """SIGTERM, raised like Ctrl-C so that `finally` blocks run and Optuna records the running trial as failed."""
 
 
+# After a trial the artifacts are rewritten unless this process did so less than this long ago: a rewrite draws the
+# plots (about a second on 2 cores), while a dry run's trials end seconds apart. A real trial takes minutes
+REPORT_EVERY_S = 30.0
+
+
 def _raise_on_sigterm(signum: int, frame: object) -> None:
     raise Interrupted(f"signal {signum}")
 
 
-def run_search(study: optuna.Study, settings: SearchSettings, objective: Objective) -> int:
+class Report:
+    """The study's artifacts (`jepa_search.report`) as this process keeps them: after a trial unless it rewrote them
+    less than `REPORT_EVERY_S` ago, and at the end."""
+
+    def __init__(self, study: optuna.Study, output_dir: Path) -> None:
+        self.study, self.output_dir = study, output_dir
+        self.written = -math.inf
+
+    def after_trial(self) -> None:
+        if time.monotonic() - self.written >= REPORT_EVERY_S:
+            self.write()
+
+    def write(self) -> None:
+        write_report(self.study, self.output_dir)
+        self.written = time.monotonic()
+
+
+def run_search(
+    study: optuna.Study, settings: SearchSettings, objective: Objective, after: Callable[[], None] = lambda: None
+) -> int:
     """Train trials until the study has `n_trials` finished (complete or pruned), counting every worker's and the
-    control, or until every configuration of the space has been tried. Exit code 1 after too many failures."""
+    control, or until every configuration of the space has been tried; `after()` after each. Exit code 1 after too
+    many failures."""
     progress = objective.progress
     failures = 0
 
@@ -62,7 +90,7 @@ def run_search(study: optuna.Study, settings: SearchSettings, objective: Objecti
             + (f" values {', '.join(f'{v:.2f}' for v in trial.values)}" if trial.values else "")
             + f"; finished {len(done)}/{settings.n_trials} ({pruned} pruned), about {left / 3600:.1f} h left"
         )
-        write_report(study, settings.output_dir)
+        after()
 
     run_trials(study, objective, settings, decide, after_trial, progress)
     if failed_too_often(settings, failures):
@@ -121,17 +149,18 @@ def run_stages(study: optuna.Study, settings: SearchSettings, progress: Progress
     """The search (unless --confirm-only), then the confirmation (with --confirm-top-k). An interrupt queues the
     runs this process was training again (`run_trials`); exit codes 130 (SIGINT) and 143 (SIGTERM)."""
     previous = signal.signal(signal.SIGTERM, _raise_on_sigterm)
+    report = Report(study, settings.output_dir)
     try:
-        code = 0 if settings.confirm_only else run_search(study, settings, Objective(settings, progress, trainer))
+        code = 0
+        if not settings.confirm_only:
+            code = run_search(study, settings, Objective(settings, progress, trainer), report.after_trial)
         if code == 0 and settings.confirm_top_k:
             confirm, confirm_objective = open_confirm_study(settings), ConfirmObjective(settings, progress, trainer)
-            code = run_confirmation(
-                study, confirm, settings, confirm_objective, lambda: write_report(study, settings.output_dir)
-            )
+            code = run_confirmation(study, confirm, settings, confirm_objective, report.after_trial)
     except KeyboardInterrupt as e:
         progress(f"interrupted ({type(e).__name__}); the running trials are queued again. Rerun the same command.")
         return 143 if isinstance(e, Interrupted) else 130
     finally:
         signal.signal(signal.SIGTERM, previous)
-        write_report(study, settings.output_dir)
+        report.write()
     return code

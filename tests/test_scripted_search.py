@@ -14,12 +14,13 @@ import optuna
 import pandas as pd
 import pytest
 
+from jepa_search import search as search_module
 from jepa_search.cli import main
 from jepa_search.objective import Objective
 from jepa_search.record import TrialRecord, is_control
 from jepa_search.report import write_report
 from jepa_search.sampler import SpaceExhausted
-from jepa_search.search import run_search
+from jepa_search.search import run_search, run_stages
 from jepa_search.study import check_resumable, make_pruner, make_sampler, open_study
 from tests.helpers import base_args, markdown_rows, scripted_trainer, settings_for
 
@@ -147,7 +148,7 @@ def test_a_search_covering_the_space_trains_every_configuration_once_and_the_con
     assert len({tuple(t.params.values()) for t in trials if not is_control(t)}) == 6 == s.space.size()
     # A rerun with more trials has nothing left to train
     s = settings_for(tmp_path, "--n-trials", "10", "--search-space", str(space))
-    assert run_search(open_study(s), s, Objective(s, print, trainer=scripted_trainer)) == 0
+    assert run_stages(open_study(s), s, print, scripted_trainer) == 0
     assert len(study.get_trials()) == 7
     table = pd.read_csv(s.output_dir / "results.csv")
     assert table.loc[table["control"], "jepa_coef"].tolist() == [0.0]
@@ -228,3 +229,17 @@ def test_early_stopping_diagnostic_is_na_when_the_grace_point_is_the_last_evalua
     write_report(study, s.output_dir)
     summary = (s.output_dir / "SUMMARY.md").read_text()
     assert "final smoothed return of the complete trials: n/a (the grace point is a trial's last evaluation" in summary
+
+
+@pytest.mark.parametrize("every,writes", [(30.0, 2), (0.0, 5)])
+def test_the_artifacts_are_rewritten_after_a_trial_at_most_every_so_often_and_at_the_end(
+    tmp_path, monkeypatch, every, writes
+):
+    # Four trials ending within seconds: after the first and at the end; with no interval, after each and at the end
+    monkeypatch.setattr(search_module, "REPORT_EVERY_S", every)
+    written = []
+    monkeypatch.setattr(search_module, "write_report", lambda study, out: written.append(out))
+    s = settings_for(tmp_path, "--n-trials", "4", "--pruner", "none")
+    s.output_dir.mkdir()
+    assert run_stages(open_study(s), s, print, scripted_trainer) == 0
+    assert written == [s.output_dir] * writes

@@ -19,7 +19,7 @@ from optuna.trial import TrialState
 from jepa_search.objective import Objective
 from jepa_search.parser import build_parser
 from jepa_search.record import is_control
-from jepa_search.search import run_search
+from jepa_search.search import run_search, run_stages
 from jepa_search.study import make_storage, open_study
 from jepa_search.validate import settings_from_args
 from tests.helpers import scripted_trainer
@@ -204,7 +204,7 @@ def test_a_fault_fails_the_trial_is_retried_then_left_failed_and_the_study_goes_
         return scripted_trainer(cfg, hook)
 
     study = open_study(settings)
-    assert run_search(study, settings, Objective(settings, print, trainer=faulty)) == 0
+    assert run_stages(study, settings, print, faulty) == 0
     failed = [t for t in study.trials if t.state == TrialState.FAIL]
     assert failed and all(t.params["jepa_coef"] == 0.3 for t in failed)
     # The control and the other configuration; the failed one is not sampled again (no duplicates)
