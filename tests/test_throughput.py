@@ -39,7 +39,7 @@ def test_benchmark_runs_on_the_cpu_and_prints_ratios_against_sheeprl(tmp_path):
 
     out = tmp_path / "throughput.md"
     command = [sys.executable, str(REPO / "bench" / "throughput.py"), "--tiny"]
-    command += ["--runs", "sheeprl,jepa,jepa*1x2", "--window", "3", "--warmup", "3", "--out", str(out)]
+    command += ["--runs", "sheeprl,jepa,jepa*1x2", "--window", "1", "--warmup", "3", "--out", str(out)]
     subprocess.run(command, check=True, timeout=900, env={**os.environ, "MUJOCO_GL": "egl"})
     runs = json.loads(out.with_suffix(".json").read_text())
     assert runs.pop("numerics") is None  # not asked for
@@ -48,7 +48,7 @@ def test_benchmark_runs_on_the_cpu_and_prints_ratios_against_sheeprl(tmp_path):
         assert len(rows) == (2 if name == "jepa_k1x2" else 1)
         for row in rows:
             assert "problem" not in row, row
-            assert row["grad_steps_per_s"] > 0 and row["policy_steps_per_s"] > 0 and row["window_s"] >= 3
+            assert row["grad_steps_per_s"] > 0 and row["policy_steps_per_s"] > 0 and row["window_s"] >= 1
             assert 0.2 < row["process_cores"] <= os.cpu_count() + 0.5  # the process and its environment processes
     side_by_side = runs["jepa_k1x2"]
     assert len({r["pid"] for r in side_by_side}) == 1 and len({r["seed"] for r in side_by_side}) == 2
