@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import multiprocessing
-import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -13,13 +12,6 @@ import numpy as np
 import torch
 from sheeprl.utils.env import get_vector_env_cls
 from torch import Tensor
-
-
-def render_headless() -> None:
-    """MuJoCo renders through EGL unless told otherwise: no display needed. It picks its backend when dm_control is
-    first imported, so every entry point calls this before anything creates an environment."""
-    os.environ.setdefault("MUJOCO_GL", "egl")
-
 
 # What the fork server imports once for every environment process it starts: unpickling SheepRL's `make_env` thunk
 # imports SheepRL (and torch and every algorithm with it), seconds of CPU per process. Not dm_control: importing it

@@ -1,6 +1,8 @@
 """Named sets of config keys and overrides that callers of the algorithm use without loading it (no torch here): the
-compiled routes' keys, a model small enough for a CPU and a scene cheap to draw on one, and the outputs of a run
-under one folder."""
+compiled routes' keys, a model small enough for a CPU and a scene cheap to draw on one, the outputs of a run under one
+folder; and headless rendering, which entry points set before anything loads MuJoCo."""
+
+import os
 
 # The compiled routes of a gradient step and the key that turns each on (all off: the plain step). `steps`, `graph`
 # and `fused` are ours (`jepa_dreamer/compiled.py`, `graphed.py`, `fused.py`), `losses` SheepRL's `algo.compile`
@@ -37,3 +39,9 @@ CPU_RENDER_OVERRIDES: tuple[str, ...] = ("env.shadow_size=0", "env.render_sample
 def output_overrides(folder: str, run_name: str) -> list[str]:
     """Overrides that put every output of a run (logs, checkpoints, buffers, videos, configs) under `folder`."""
     return [f"log_root={folder}", f"run_name={run_name}", "root_dir=."]
+
+
+def render_headless() -> None:
+    """MuJoCo renders through EGL unless told otherwise: no display needed. It picks its backend when dm_control is
+    first imported, so every entry point calls this before anything creates an environment."""
+    os.environ.setdefault("MUJOCO_GL", "egl")

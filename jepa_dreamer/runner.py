@@ -31,9 +31,9 @@ from sheeprl.utils.utils import dotdict
 from torch.distributions import Distribution
 
 from jepa_dreamer.dreamer_v3_jepa import TrainResult, train
-from jepa_dreamer.envs import render_headless
 from jepa_dreamer.evaluate import EvalHook
 from jepa_dreamer.metrics import LogSink
+from jepa_dreamer.presets import render_headless
 from jepa_dreamer.shared import Shared, SideBySideFabric, gpu_work
 
 # Hydra's composer is one global object: one composition at a time in this process

@@ -4,6 +4,9 @@ finished (in this process, or in the workers of `--trials-per-device`), or `--re
 Exit codes: 0 done, 2 bad arguments (nothing created), 1 too many failed trials, 75 the database out of reach for
 longer than --storage-timeout (the running trial resumes on a rerun), 130/143 interrupted by SIGINT/SIGTERM (the
 running trial is recorded as failed and queued again with the same parameters).
+
+The training stack (torch, Lightning, SheepRL: seconds of imports) loads once the arguments are valid, so that
+`--help` and a bad argument answer at once.
 """
 
 from __future__ import annotations
@@ -18,14 +21,12 @@ import optuna
 from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
-from jepa_dreamer.envs import render_headless
-from jepa_dreamer.runner import compose_config
+from jepa_dreamer.presets import render_headless
 from jepa_search.experiments import EXPERIMENTS
 from jepa_search.overrides import trial_overrides
 from jepa_search.parser import build_parser
 from jepa_search.progress import Progress, printer
 from jepa_search.report import write_report
-from jepa_search.search import run_stages
 from jepa_search.settings import SearchSettings, default_storage, mask_password
 from jepa_search.storage import EXIT_STORAGE, StorageUnavailable
 from jepa_search.study import check_resumable, finished_count, open_study
@@ -35,6 +36,8 @@ from jepa_search.workers import read_worker_spec, registered, run_workers
 
 def check_trial_config(settings: SearchSettings) -> None:
     """Compose the first configuration of the space, so that a bad `--override` key or value fails now."""
+    from jepa_dreamer.runner import compose_config
+
     first = {name: choices[0] for name, choices in settings.space.variable.items()}
     try:
         compose_config(
@@ -78,6 +81,8 @@ def search(settings: SearchSettings, progress: Progress) -> int:
         code = run_workers(study, settings, progress)
         write_report(study, settings.output_dir)
     else:
+        from jepa_search.search import run_stages
+
         with registered(settings):
             code = run_stages(study, settings, progress)
     if code not in (130, 143):

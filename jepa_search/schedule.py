@@ -22,16 +22,19 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from jepa_search.objective import Objective
 from jepa_search.progress import Progress
 from jepa_search.record import TrialRecord
 from jepa_search.sampler import untried_keys
 from jepa_search.settings import SearchSettings
 from jepa_search.study import FINISHED, fail_lost_trials
+
+if TYPE_CHECKING:  # the objective loads the training stack; the rules here need none of it
+    from jepa_search.objective import Objective
 
 # How long a waiting worker lets pass between two lines saying what it waits for
 WAIT_NOTE_S = 60.0

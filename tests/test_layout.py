@@ -56,13 +56,14 @@ def test_every_module_is_in_the_readme_table_and_imports_only_lower_layers():
     assert not upward, "\n".join(sorted(upward))
 
 
-def test_the_study_s_modules_load_no_training_stack():
-    # What opens, checks and shares a study (a worker's claim, the tests' racing workers) starts in a fraction of a
-    # second: torch, Lightning and SheepRL take seconds of CPU to import in every process
+def test_the_command_line_and_the_study_s_modules_load_no_training_stack():
+    # The command line answers `--help` and a bad argument at once, and what opens, checks and shares a study (a
+    # worker's claim, the tests' racing workers) starts in a fraction of a second: torch, Lightning and SheepRL take
+    # seconds of CPU to import in every process
     import subprocess
     import sys
 
-    light = ["jepa_search.study", "jepa_search.storage", "jepa_search.validate", "jepa_search.parser"]
+    light = ["jepa_search.cli", "jepa_search.study", "jepa_search.workers", "jepa_search.validate"]
     code = f"import sys, {', '.join(light)}; print(sorted({{'torch', 'lightning', 'sheeprl'}} & set(sys.modules)))"
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]", done.stdout
