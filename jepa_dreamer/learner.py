@@ -26,7 +26,7 @@ from sheeprl.utils.fabric import autocast_cache_scope, update
 from torch import Tensor, nn
 
 from jepa_dreamer.behaviour import behaviour_learning
-from jepa_dreamer.compiled import step_scope
+from jepa_dreamer.compiled import CompiledSteps, step_scope
 from jepa_dreamer.fused import fused_scope, step_parts
 from jepa_dreamer.graphed import GraphedStep, InPlaceMoments, check_graph_route, make_capturable
 from jepa_dreamer.jepa import JEPAHeads, jepa_loss
@@ -112,6 +112,10 @@ class Learner:
                 opt.load_state_dict(state[key])
             if graph:
                 make_capturable(opt)
+        rssm = self.parts.world_model.rssm
+        if isinstance(rssm, CompiledSteps):
+            # Its compiled steps read the recurrent weights from one concatenation, made again after each update
+            optimizers[0].register_step_post_hook(lambda *_: rssm.weights_changed())
         self.world_optimizer, self.actor_optimizer, self.critic_optimizer = fabric.setup_optimizers(*optimizers)
         moments_cfg = cfg.algo.actor.moments
         # On the device from the start: SheepRL's step replaces its state with device tensors at its first call, but
