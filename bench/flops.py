@@ -49,11 +49,13 @@ class Figures:
 
     host_us_per_launch: float = 37.0  # a trial alone, host-bound: training time per gradient step / launches
     plain_kernels: int = 15000  # CUDA launches of the plain step: 16568 counted with argument checks, ~1500 theirs
-    steps_kernels: int = 8312  # CUDA launches of the `steps` route (the count the 37 us came from)
+    # CUDA launches of the `steps` route: the H200's 8312 (the count the 37 us came from), less the share the
+    # concatenated recurrent weights cut from its CPU count since (4755 -> 3994 at model S)
+    steps_kernels: int = round(8312 * 3994 / 4755)
     shared_us_per_kernel: float = 7.6  # GPU time per kernel at K=8 (time slices included): an upper bound
     graph_us_per_kernel: float = 2.5  # assumed: a small kernel inside a CUDA graph on Hopper, 2-3 us
     matmul_efficiency: float = 0.25  # assumed: the share of peak that matmuls of a 16 x 64 batch reach
-    fused_fraction: float = 0.2  # the fused route's target: at most 1/5 of the plain step's kernels
+    fused_fraction: float = 3719 / 9836  # the fused route's kernels, counted on the CPU at model S (2026-12-06)
     sample_ms: float = 27.5  # replay sampling of one batch on the host (bench/replay_sampling.py, 2 cores)
     env_step_ms: float = 5.0  # assumed: 4 environments stepped in parallel, a frame rendered on the GPU in ~3.5 ms
     grad_steps_per_iteration: int = 2  # replay ratio 0.5 x 4 environments: acting once every 2 gradient steps
