@@ -71,11 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="compiled training step (docs/PERFORMANCE.md). auto: steps on a GPU, off on the CPU. steps: ours, one "
         "step of each recurrent loop compiled, on one concatenation of its weights (2.5x fewer kernel launches per "
-        "gradient step). graph: ours, the "
-        "whole gradient step captured and replayed as one CUDA graph (not measured on a GPU yet; on a CPU the same "
-        "step without a graph). fused: ours, the graph route with every part of the step compiled first (fewer, "
-        "fused kernels; not measured on a GPU yet). losses: SheepRL's algo.compile (whole losses, CUDA graphs; "
-        "minutes of compilation)",
+        "gradient step). graph: ours, the whole gradient step captured and replayed as one CUDA graph (not measured "
+        "on a GPU yet; on a CPU the same step without a graph). fused: ours, the graph route with every part of the "
+        "step compiled first (fewer, fused kernels; not measured on a GPU yet). losses: SheepRL's algo.compile (whole "
+        "losses, CUDA graphs; minutes of compilation)",
     )
     p.add_argument(
         "--trials-per-device",
